@@ -1,0 +1,1 @@
+"""medgemma_desktop."""

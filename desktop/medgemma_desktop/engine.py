@@ -1,0 +1,347 @@
+"""The chat engine: llama.cpp through llama-cpp-python, with no Qt in sight.
+
+Loads a GGUF with the GPU offload the build allows, streams text that can be stopped
+between tokens, and reports what a user cares about: time to first token, decode speed
+and how much of the prompt came from the KV cache.
+"""
+
+from __future__ import annotations
+
+import codecs
+import contextlib
+import ctypes
+import logging
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import llama_cpp
+
+from medgemma_models.errors import MedGemmaError, ModelLoadError
+from medgemma_models.gguf_info import ModelInfo, read_model_info
+
+log = logging.getLogger(__name__)
+
+GpuSetting = str | int  # "auto", "cpu" or a number of layers
+
+
+class LoadCancelled(MedGemmaError):
+    """The user cancelled a model load."""
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    n_ctx: int = 4096
+    n_threads: int | None = None
+    gpu: GpuSetting = "auto"
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    temperature: float = 0.7
+    top_p: float = 0.95
+    top_k: int = 64
+    min_p: float = 0.0
+    repeat_penalty: float = 1.0
+    max_tokens: int = 512
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class GenerationStats:
+    prompt_tokens: int
+    reused_tokens: int
+    generated_tokens: int
+    ttft_ms: float
+    decode_tok_per_s: float
+    finish_reason: str  # "stop", "length" or "cancelled"
+
+
+@dataclass(frozen=True)
+class OffloadReport:
+    requested: GpuSetting
+    n_gpu_layers: int
+    n_layers: int
+    backend: str  # "CPU", "CUDA", "Metal", ...
+    fallback_reason: str | None = None
+
+    def describe(self) -> str:
+        """What happened, in the words the status bar shows."""
+        if self.fallback_reason:
+            return f"CPU ({self.backend} failed: {self.fallback_reason}; retried on CPU)"
+        if self.n_gpu_layers == 0:
+            if self.backend == "CPU":
+                return "CPU (this build has no GPU offload)"
+            return f"CPU (offload off; this build has {self.backend})"
+        return f"{self.backend}: {min(self.n_gpu_layers, self.n_layers)} of {self.n_layers} layers"
+
+
+def gpu_backend_name(system_info: str, supports_offload: bool) -> str:
+    """Name the offload backend this llama.cpp build was compiled with."""
+    if not supports_offload:
+        return "CPU"
+    for name in ("CUDA", "Metal", "Vulkan", "HIP", "SYCL", "OpenCL", "CANN", "MUSA"):
+        if name.lower() in system_info.lower():
+            return name
+    return "GPU"
+
+
+def choose_gpu_layers(setting: GpuSetting, supports_offload: bool, n_layers: int) -> int:
+    """Layers to offload: all with "auto" on a GPU build, none for "cpu" or a CPU build."""
+    if not supports_offload or setting == "cpu":
+        return 0
+    if setting == "auto":
+        # llama.cpp counts the output layer too: n_layers + 1 puts the whole model on the GPU.
+        return n_layers + 1
+    layers = int(setting)
+    if layers < 0:
+        raise ValueError("the number of GPU layers cannot be negative")
+    return min(layers, n_layers + 1)
+
+
+class _LlamaLog:
+    """Keeps llama.cpp's recent error lines so a failed load can say why."""
+
+    def __init__(self) -> None:
+        self.errors: deque[str] = deque(maxlen=20)
+        self._callback = llama_cpp.llama_log_callback(self._on_log)  # kept alive while installed
+        llama_cpp.llama_log_set(self._callback, ctypes.c_void_p(0))
+
+    def _on_log(self, level: int, text: bytes, _user_data: ctypes.c_void_p) -> None:
+        message = text.decode("utf-8", errors="replace").strip()
+        if level == 3 and message:  # GGML_LOG_LEVEL_ERROR
+            self.errors.append(message)
+            log.debug("llama.cpp: %s", message)
+
+    def last_error(self) -> str | None:
+        return self.errors[-1] if self.errors else None
+
+
+_llama_log: _LlamaLog | None = None
+_params_lock = threading.Lock()
+
+
+def _install_log() -> _LlamaLog:
+    global _llama_log
+    if _llama_log is None:
+        _llama_log = _LlamaLog()
+    return _llama_log
+
+
+@contextlib.contextmanager
+def _load_progress(progress: Callable[[float], bool] | None) -> Iterator[None]:
+    """Give llama.cpp's model loader a progress callback.
+
+    `Llama()` builds its model parameters itself and offers no hook for this, so the
+    parameter factory it calls is wrapped for the duration of one load.
+    """
+    if progress is None:
+        yield
+        return
+
+    def on_progress(fraction: float, _user_data: ctypes.c_void_p) -> bool:
+        try:
+            return bool(progress(float(fraction)))
+        except Exception:  # an exception must not cross into C: stop the load instead
+            log.exception("load progress callback failed")
+            return False
+
+    c_callback = llama_cpp.llama_progress_callback(on_progress)
+    bindings = llama_cpp.llama_cpp
+    original = bindings.llama_model_default_params
+
+    def params_with_progress() -> llama_cpp.llama_model_params:
+        params = original()
+        params.progress_callback = c_callback
+        return params
+
+    with _params_lock:
+        bindings.llama_model_default_params = params_with_progress
+        try:
+            yield
+        finally:
+            bindings.llama_model_default_params = original
+
+
+class Engine:
+    """One loaded model and its KV cache."""
+
+    def __init__(self) -> None:
+        self.llm: llama_cpp.Llama | None = None
+        self.info: ModelInfo | None = None
+        self.offload: OffloadReport | None = None
+        self.options: LoadOptions | None = None
+        self.last_stats: GenerationStats | None = None
+
+    @property
+    def loaded(self) -> bool:
+        return self.llm is not None
+
+    @property
+    def n_ctx(self) -> int:
+        return self.llm.n_ctx() if self.llm is not None else 0
+
+    def load(
+        self,
+        path: Path | str,
+        options: LoadOptions = LoadOptions(),
+        progress: Callable[[float], bool] | None = None,
+    ) -> OffloadReport:
+        """Load a GGUF, offloading to the GPU when the build and the setting allow.
+
+        A failed GPU load is retried on the CPU, and the report says why. On any failure
+        the model loaded before stays loaded.
+        """
+        info = read_model_info(path)
+        if not info.is_gemma:
+            raise ModelLoadError(f"{info.path.name} is a {info.architecture} model; this app runs Gemma models")
+        llama_log = _install_log()
+        supports = bool(llama_cpp.llama_supports_gpu_offload())
+        backend = gpu_backend_name(llama_cpp.llama_print_system_info().decode(errors="replace"), supports)
+        n_layers = info.block_count or 0
+        layers = choose_gpu_layers(options.gpu, supports, n_layers)
+        fallback = None
+        try:
+            llm = self._open(info.path, options, layers, progress)
+        except LoadCancelled:
+            raise
+        except (ValueError, RuntimeError, OSError) as exc:
+            if layers == 0:
+                raise ModelLoadError(f"llama.cpp could not load {info.path.name}: {llama_log.last_error() or exc}") from exc
+            fallback = llama_log.last_error() or str(exc)
+            log.warning("GPU load failed (%s); retrying on the CPU", fallback)
+            try:
+                llm = self._open(info.path, options, 0, progress)
+            except (ValueError, RuntimeError, OSError) as retry_exc:
+                reason = llama_log.last_error() or retry_exc
+                raise ModelLoadError(f"llama.cpp could not load {info.path.name}: {reason}") from retry_exc
+            layers = 0
+        self.close()
+        self.llm, self.info, self.options = llm, info, options
+        self.offload = OffloadReport(options.gpu, layers, n_layers, backend, fallback)
+        return self.offload
+
+    def _open(
+        self, path: Path, options: LoadOptions, n_gpu_layers: int, progress: Callable[[float], bool] | None
+    ) -> llama_cpp.Llama:
+        cancelled = False
+
+        def watch(fraction: float) -> bool:
+            nonlocal cancelled
+            cancelled = progress is not None and not progress(fraction)
+            return not cancelled
+
+        with _load_progress(watch if progress is not None else None):
+            try:
+                return llama_cpp.Llama(
+                    model_path=str(path),
+                    n_ctx=options.n_ctx,
+                    n_threads=options.n_threads or max(1, (os.cpu_count() or 2)),
+                    n_gpu_layers=n_gpu_layers,
+                    # A full-size sliding-window cache lets a new turn reuse the
+                    # earlier turns' KV entries instead of evaluating them again.
+                    swa_full=True,
+                    verbose=False,
+                )
+            except (ValueError, RuntimeError) as exc:
+                if cancelled:
+                    raise LoadCancelled("model load cancelled") from exc
+                raise
+
+    def close(self) -> None:
+        if self.llm is not None:
+            self.llm.close()
+        self.llm = None
+
+    def _require(self) -> llama_cpp.Llama:
+        if self.llm is None:
+            raise ModelLoadError("no model is loaded")
+        return self.llm
+
+    def tokenize(self, text: str) -> list[int]:
+        """Tokens of a prompt that carries its own <bos> and turn markers."""
+        return self._require().tokenize(text.encode("utf-8"), add_bos=False, special=True)
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenize(text))
+
+    def cached_prefix(self, tokens: list[int]) -> int:
+        """How many leading tokens of `tokens` are already in the KV cache."""
+        llm = self._require()
+        cached = llm.input_ids[: llm.n_tokens]
+        n = 0
+        for a, b in zip(cached, tokens):
+            if a != b:
+                break
+            n += 1
+        # llama.cpp evaluates at least the last prompt token again to get fresh logits.
+        return min(n, max(len(tokens) - 1, 0))
+
+    def stream(
+        self,
+        prompt: str,
+        settings: GenerationSettings = GenerationSettings(),
+        should_stop: Callable[[], bool] = lambda: False,
+    ) -> Iterator[str]:
+        """Yield the answer's text piece by piece; `last_stats` is set when it ends.
+
+        `should_stop` is checked between tokens, so a stop takes effect within one token.
+        """
+        llm = self._require()
+        tokens = self.tokenize(prompt)
+        if len(tokens) + 1 > llm.n_ctx():
+            raise MedGemmaError(f"the prompt has {len(tokens)} tokens; the context holds {llm.n_ctx()}")
+        max_tokens = max(0, min(settings.max_tokens, llm.n_ctx() - len(tokens)))
+        reused = self.cached_prefix(tokens)
+        if settings.seed is not None:
+            llm.set_seed(settings.seed)
+        vocab = llama_cpp.llama_model_get_vocab(llm.model)
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        start = time.perf_counter()
+        first_at: float | None = None
+        last_at = start
+        generated = 0
+        received = 0  # tokens sampled, the end-of-turn token included
+        finish = "length"
+        self.last_stats = None
+        generator = llm.generate(
+            tokens,
+            top_k=settings.top_k,
+            top_p=settings.top_p,
+            min_p=settings.min_p,
+            temp=settings.temperature,
+            repeat_penalty=settings.repeat_penalty,
+        )
+        try:
+            for token in generator:
+                now = time.perf_counter()
+                if first_at is None:
+                    first_at = now
+                last_at = now
+                received += 1
+                if llama_cpp.llama_vocab_is_eog(vocab, token):
+                    finish = "stop"
+                    break
+                generated += 1
+                text = decoder.decode(llm.detokenize([token]))
+                if text:
+                    yield text
+                if generated >= max_tokens:
+                    break
+                if should_stop():
+                    finish = "cancelled"
+                    break
+            tail = decoder.decode(b"", final=True)
+            if tail:
+                yield tail
+        finally:
+            generator.close()
+            ttft = ((first_at or time.perf_counter()) - start) * 1000
+            decode_time = last_at - (first_at or last_at)
+            # The first token's time is the prompt's; decode speed counts the tokens after it.
+            speed = (received - 1) / decode_time if received > 1 and decode_time > 0 else 0.0
+            self.last_stats = GenerationStats(len(tokens), reused, generated, ttft, speed, finish)

