@@ -12,7 +12,15 @@ LLAMA_BACKEND ?= metal
 else
 LLAMA_BACKEND ?= cpu
 endif
-CMAKE_ARGS_cpu := -DGGML_METAL=OFF -DGGML_CUDA=OFF
+# The CPU build targets AVX2 rather than -march=native: llama.cpp's AMX kernels, which a native
+# build picks on recent Xeons, crash in decode on some virtual machines (SIGSEGV in
+# ggml_backend_amx_mul_mat, seen on our CI machines). Override LLAMA_CPU_ARGS to tune for yours.
+ifeq ($(UNAME_M),x86_64)
+LLAMA_CPU_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
+else
+LLAMA_CPU_ARGS ?= -DGGML_NATIVE=ON
+endif
+CMAKE_ARGS_cpu := $(LLAMA_CPU_ARGS) -DGGML_METAL=OFF -DGGML_CUDA=OFF
 CMAKE_ARGS_cuda := -DGGML_CUDA=ON
 CMAKE_ARGS_metal := -DGGML_METAL=ON
 LLAMA_CMAKE_ARGS := $(CMAKE_ARGS_$(LLAMA_BACKEND))
@@ -26,21 +34,22 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX_URL ?=
 TORCH_INDEX := $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL),)
 
+LLAMA_CPP_SPEC ?= llama-cpp-python==0.3.36
+
 STAMP := $(VENV)/.installed-$(LLAMA_BACKEND)
 
 .PHONY: run test bench screenshot install clean-venv
 
 install: $(STAMP)
 
+# pip's wheel cache does not know about CMAKE_ARGS: a cached wheel may have been built for
+# another backend or CPU, so llama-cpp-python is always compiled here with this backend's flags.
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip
 	$(PIP) install $(TORCH_INDEX) "$(TORCH_SPEC)"
-ifneq ($(LLAMA_BACKEND),cpu)
-	# pip's wheel cache does not know about CMAKE_ARGS: build this backend afresh.
-	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) install --no-cache-dir --force-reinstall --no-deps llama-cpp-python
-endif
-	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) install -e ".[convert,desktop,dev]"
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) install --no-cache-dir --force-reinstall --no-deps "$(LLAMA_CPP_SPEC)"
+	$(PIP) install -e ".[convert,desktop,dev]"
 	rm -f $(VENV)/.installed-*
 	touch $@
 

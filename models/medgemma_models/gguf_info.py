@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,6 +71,40 @@ def human_count(n: int) -> str:
     return str(n)
 
 
+class _HeaderReader(gguf.GGUFReader):
+    """GGUFReader that steps over the items of array fields instead of parsing each one.
+
+    A Gemma vocabulary is three arrays of 262,144 items; GGUFReader makes several numpy
+    objects per item, which takes seconds. ModelInfo needs only their lengths, so an
+    array field here keeps its item type and length (parts[1]) and no items.
+    """
+
+    def _get_field_parts(self, orig_offs: int, raw_type: int) -> tuple[int, list, list[int], list]:
+        if raw_type != gguf.GGUFValueType.ARRAY:
+            return super()._get_field_parts(orig_offs, raw_type)
+        raw_itype = self._get(orig_offs, np.uint32)
+        alen = self._get(orig_offs + 4, np.uint64)
+        itype = gguf.GGUFValueType(int(raw_itype[0]))
+        offs = orig_offs + 12
+        count = int(alen[0])
+        if itype == gguf.GGUFValueType.STRING:
+            view = memoryview(self.data)
+            for _ in range(count):
+                offs += 8 + struct.unpack_from("<Q", view, offs)[0]
+        elif itype in self.gguf_scalar_to_np:
+            offs += count * np.dtype(self.gguf_scalar_to_np[itype]).itemsize
+        else:
+            return super()._get_field_parts(orig_offs, raw_type)
+        if offs > len(self.data):
+            raise ValueError("an array runs past the end of the file")
+        return offs - orig_offs, [raw_itype, alen], [], [gguf.GGUFValueType.ARRAY, itype]
+
+
+def _array_length(reader: gguf.GGUFReader, key: str) -> int | None:
+    f = reader.get_field(key)
+    return int(f.parts[-1][0]) if f is not None and f.types and f.types[0] == gguf.GGUFValueType.ARRAY else None
+
+
 def read_model_info(path: Path | str) -> ModelInfo:
     """Read a GGUF header; any file that is not a complete GGUF raises ModelFileError."""
     path = Path(path)
@@ -81,8 +117,15 @@ def read_model_info(path: Path | str) -> ModelInfo:
         magic = head.read(4)
     if magic != b"GGUF":
         raise ModelFileError(f"{path.name} is not a GGUF file (it starts with {magic!r}, not b'GGUF')")
+    return _read_header(path, size, path.stat().st_mtime_ns)
+
+
+# GGUFReader walks every vocabulary entry (262,144 for Gemma 3) in Python: tens of seconds.
+# A file with the same size and modification time is the same file, so it is read once.
+@functools.lru_cache(maxsize=32)
+def _read_header(path: Path, size: int, _mtime_ns: int) -> ModelInfo:
     try:
-        reader = gguf.GGUFReader(path)
+        reader = _HeaderReader(path)
     except (ValueError, IndexError, OverflowError, UnicodeDecodeError, KeyError, TypeError) as exc:
         raise ModelFileError(f"{path.name} is a corrupt or truncated GGUF file ({exc})") from exc
     if not reader.tensors:
@@ -96,7 +139,9 @@ def read_model_info(path: Path | str) -> ModelInfo:
 def _info_from_reader(path: Path, size: int, reader: gguf.GGUFReader) -> ModelInfo:
     def value(key: str) -> Any:
         f = reader.get_field(key)
-        return None if f is None else f.contents()
+        if f is None or f.types[0] == gguf.GGUFValueType.ARRAY:
+            return None
+        return f.contents()
 
     arch = value(gguf.Keys.General.ARCHITECTURE)
     if not isinstance(arch, str):
@@ -111,8 +156,7 @@ def _info_from_reader(path: Path, size: int, reader: gguf.GGUFReader) -> ModelIn
         n_bits += int(tensor.n_bytes) * 8
     vocab = value(gguf.Keys.LLM.VOCAB_SIZE.format(arch=arch))
     if vocab is None:
-        tokens = reader.get_field(gguf.Keys.Tokenizer.LIST)
-        vocab = len(tokens.data) if tokens is not None else None
+        vocab = _array_length(reader, gguf.Keys.Tokenizer.LIST)
     provenance = {}
     for key in PROVENANCE_KEYS:
         v = value(key)

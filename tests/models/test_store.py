@@ -29,8 +29,8 @@ def _first_use(home: str, queue: multiprocessing.Queue) -> None:
 
 
 def test_two_processes_starting_at_once_both_get_a_good_model(medgemma_home):
-    queue: multiprocessing.Queue = multiprocessing.Queue()
     ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
     workers = [ctx.Process(target=_first_use, args=(str(medgemma_home), queue)) for _ in range(2)]
     for w in workers:
         w.start()
