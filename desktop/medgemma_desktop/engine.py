@@ -11,7 +11,6 @@ import codecs
 import contextlib
 import ctypes
 import logging
-import os
 import threading
 import time
 from collections import deque
@@ -240,7 +239,9 @@ class Engine:
                 return llama_cpp.Llama(
                     model_path=str(path),
                     n_ctx=options.n_ctx,
-                    n_threads=options.n_threads or max(1, (os.cpu_count() or 2)),
+                    # None keeps llama-cpp-python's default of half the cores: a thread per
+                    # core spins badly as soon as anything else wants the CPU.
+                    n_threads=options.n_threads,
                     n_gpu_layers=n_gpu_layers,
                     # A full-size sliding-window cache lets a new turn reuse the
                     # earlier turns' KV entries instead of evaluating them again.

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import struct
 from dataclasses import dataclass, field
@@ -117,16 +116,9 @@ def read_model_info(path: Path | str) -> ModelInfo:
         magic = head.read(4)
     if magic != b"GGUF":
         raise ModelFileError(f"{path.name} is not a GGUF file (it starts with {magic!r}, not b'GGUF')")
-    return _read_header(path, size, path.stat().st_mtime_ns)
-
-
-# GGUFReader walks every vocabulary entry (262,144 for Gemma 3) in Python: tens of seconds.
-# A file with the same size and modification time is the same file, so it is read once.
-@functools.lru_cache(maxsize=32)
-def _read_header(path: Path, size: int, _mtime_ns: int) -> ModelInfo:
     try:
         reader = _HeaderReader(path)
-    except (ValueError, IndexError, OverflowError, UnicodeDecodeError, KeyError, TypeError) as exc:
+    except (ValueError, IndexError, OverflowError, UnicodeDecodeError, KeyError, TypeError, struct.error) as exc:
         raise ModelFileError(f"{path.name} is a corrupt or truncated GGUF file ({exc})") from exc
     if not reader.tensors:
         raise ModelFileError(f"{path.name} holds no tensors")
