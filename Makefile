@@ -63,7 +63,7 @@ bench: $(STAMP)
 	$(BIN)/python tests/bench/run_all.py
 
 screenshot: $(STAMP)
-	xvfb-run -a -s "-screen 0 1400x900x24" $(BIN)/python packaging/screenshot.py docs/screenshot.png
+	xvfb-run -a -s "-screen 0 1920x1080x24" $(BIN)/python packaging/screenshot.py
 
 clean-venv:
 	rm -rf $(VENV)

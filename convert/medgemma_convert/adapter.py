@@ -1,0 +1,208 @@
+"""A PEFT LoRA adapter: found, checked against the base, and mapped tensor by tensor onto it.
+
+Only headers are read here; the weights are loaded by `lora.py` during the merge.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from medgemma_models.catalog import get_base
+from medgemma_models.errors import AdapterError
+from medgemma_models.files import sha256_file
+
+from . import hub
+from .base import ResolvedBase
+from .options import AdapterSpec
+from .safetensors_header import TensorEntry, read_header
+from .tensor_names import text_model_name
+
+log = logging.getLogger(__name__)
+
+_PREFIX = "base_model.model."
+_A, _B = ".lora_A.weight", ".lora_B.weight"
+_TIED = ("lm_head", "embed_tokens")
+_CONVERT_BIN = (
+    "python -c \"import torch; from safetensors.torch import save_file; "
+    "save_file(torch.load('adapter_model.bin', weights_only=True), 'adapter_model.safetensors')\""
+)
+
+
+@dataclass(frozen=True)
+class LoraTarget:
+    name: str  # GGUF name of the base tensor it changes
+    module: str  # the module path in the adapter, for messages
+    a_key: str
+    b_key: str
+    rank: int
+    alpha: float
+
+
+@dataclass(frozen=True)
+class ResolvedAdapter:
+    id: str  # as given: folder path or hub repo id
+    folder: Path
+    weights: Path  # adapter_model.safetensors
+    scale: float  # the user's multiplier (--adapter PATH:SCALE)
+    r: int
+    alpha: float
+    rslora: bool
+    sha256: str
+    base_model: str | None  # base_model_name_or_path from adapter_config.json
+    targets: tuple[LoraTarget, ...]
+
+    def factor(self, target: LoraTarget) -> float:
+        """The multiplier of B @ A: scale * alpha / r, or alpha / sqrt(r) with rsLoRA."""
+        return self.scale * target.alpha / (math.sqrt(target.rank) if self.rslora else target.rank)
+
+    def provenance(self) -> dict[str, Any]:
+        return {"id": self.id, "sha256": self.sha256, "scale": self.scale, "r": self.r,
+                "alpha": self.alpha, "rslora": self.rslora}
+
+
+def resolve_adapter(spec: AdapterSpec, base: ResolvedBase, warnings: list[str]) -> ResolvedAdapter:
+    """Find the adapter and check every tensor against the base; any misfit raises AdapterError."""
+    folder = Path(spec.source).expanduser()
+    if not folder.exists():
+        if not hub.is_repo_id(spec.source):
+            raise AdapterError(f"adapter not found: {spec.source} (a PEFT folder or a hub repo id)")
+        folder = hub.fetch(spec.source, hub.ADAPTER_FILES, "--adapter")
+    if not folder.is_dir():
+        raise AdapterError(f"adapter {spec.source} is not a folder (expected adapter_config.json + adapter_model.safetensors)")
+    config = _read_config(folder)
+    weights = _weights_file(folder)
+    header = read_header(weights)
+    _check_config(spec.source, config, header)
+    _check_base_identity(spec.source, config.get("base_model_name_or_path"), base, warnings)
+    targets = _map_targets(spec.source, config, header, base, warnings)
+    return ResolvedAdapter(
+        id=spec.source, folder=folder, weights=weights, scale=spec.scale,
+        r=int(config.get("r", 8)), alpha=float(config.get("lora_alpha", 8)), rslora=bool(config.get("use_rslora")),
+        sha256=sha256_file(weights), base_model=config.get("base_model_name_or_path"), targets=targets,
+    )
+
+
+def _read_config(folder: Path) -> dict[str, Any]:
+    path = folder / "adapter_config.json"
+    if not path.is_file():
+        raise AdapterError(f"{folder} is not a PEFT adapter folder (no adapter_config.json)")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise AdapterError(f"corrupt {path}: {exc}") from exc
+    if not isinstance(config, dict):
+        raise AdapterError(f"corrupt {path}: not a JSON object")
+    return config
+
+
+def _weights_file(folder: Path) -> Path:
+    weights = folder / "adapter_model.safetensors"
+    if weights.is_file():
+        return weights
+    if (folder / "adapter_model.bin").is_file():
+        raise AdapterError(
+            f"{folder}/adapter_model.bin is a pickle, and loading a pickle can run code: refused. "
+            f"Convert it once where you trust it, in that folder: {_CONVERT_BIN}"
+        )
+    raise AdapterError(f"missing adapter weights: {weights}")
+
+
+def _check_config(source: str, config: dict[str, Any], header: dict[str, TensorEntry]) -> None:
+    peft_type = str(config.get("peft_type", "LORA")).upper()
+    if peft_type != "LORA":
+        raise AdapterError(f"adapter {source} is {peft_type}; only LoRA adapters can be merged")
+    if config.get("use_dora") or any("lora_magnitude_vector" in k for k in header):
+        raise AdapterError(f"adapter {source} is a DoRA adapter (use_dora); DoRA is not supported yet")
+    if config.get("modules_to_save") or any(".modules_to_save." in k for k in header):
+        raise AdapterError(
+            f"adapter {source} saves whole modules (modules_to_save: {config.get('modules_to_save')}); "
+            "only LoRA deltas can be merged"
+        )
+    targets = config.get("target_modules") or []
+    targets = [targets] if isinstance(targets, str) else targets
+    tied = [t for t in targets if any(name in t for name in _TIED)]
+    tied += [k for k in header if any(f".{name}." in k or k.startswith(f"{_PREFIX}{name}") for name in _TIED)]
+    if tied:
+        raise AdapterError(
+            f"adapter {source} changes {tied[0]}; Gemma ties lm_head to embed_tokens, "
+            "and adapters on them are not supported"
+        )
+    for key, what in (("trainable_token_indices", "trains embedding rows"), ("target_parameters", "targets raw parameters"),
+                      ("layer_replication", "replicates layers")):
+        if config.get(key):
+            raise AdapterError(f"adapter {source} {what} ({key}); only LoRA deltas on linear layers can be merged")
+    if config.get("lora_bias"):
+        raise AdapterError(f"adapter {source} trains biases (lora_bias); Gemma has no biases to merge them into")
+
+
+def _check_base_identity(source: str, declared: str | None, base: ResolvedBase, warnings: list[str]) -> None:
+    """Refuse an adapter made for another model; only warn when just the names differ."""
+    if not declared or declared.rstrip("/") == base.id.rstrip("/"):
+        return
+    known = get_base(declared)
+    if known is not None:
+        if known.arch != base.arch or known.hidden_size != base.hidden_size:
+            raise AdapterError(
+                f"adapter {source} was made for {declared} ({known.arch}, hidden size {known.hidden_size}), "
+                f"but the base is {base.arch} with hidden size {base.hidden_size}"
+            )
+        if known is get_base(base.id):
+            return  # the same model under another name (e.g. its 4-bit QLoRA upload)
+    warnings.append(f"adapter {source} was trained on {declared}, not {base.id}; its tensors fit, so it is merged anyway")
+
+
+def _pattern_value(patterns: dict[str, Any], module: str, default: Any) -> Any:
+    # PEFT's rank_pattern / alpha_pattern: a key matches the module name or its dotted suffix.
+    for key, value in patterns.items():
+        if re.fullmatch(rf"(.*\.)?{key}", module):
+            return value
+    return default
+
+
+def _map_targets(
+    source: str, config: dict[str, Any], header: dict[str, TensorEntry], base: ResolvedBase, warnings: list[str]
+) -> tuple[LoraTarget, ...]:
+    modules: dict[str, dict[str, str]] = {}
+    for key in header:
+        if key.endswith(_A):
+            modules.setdefault(key[: -len(_A)], {})["A"] = key
+        elif key.endswith(_B):
+            modules.setdefault(key[: -len(_B)], {})["B"] = key
+        else:
+            raise AdapterError(f"adapter {source} has tensor {key}, which is not a LoRA A/B weight")
+    if not modules:
+        raise AdapterError(f"adapter {source} holds no LoRA tensors")
+    targets = []
+    skipped = 0
+    for key_module, pair in sorted(modules.items()):
+        if "A" not in pair or "B" not in pair:
+            raise AdapterError(f"adapter {source} has only one of lora_A/lora_B for {key_module}")
+        module = key_module.removeprefix(_PREFIX)
+        if text_model_name(module + ".weight") is None:
+            skipped += 1  # vision-tower modules of a multimodal adapter: not part of the text export
+            continue
+        name = base.name_map.gguf_name(module + ".weight")
+        tensor = base.tensor(name) if name else None
+        if tensor is None:
+            raise AdapterError(f"adapter {source} targets {module}, which the base does not have")
+        if any(t.name == name for t in targets):
+            raise AdapterError(f"adapter {source}: {module} lands on base tensor {tensor.source} a second time")
+        a, b = header[pair["A"]], header[pair["B"]]
+        out_features, in_features = tensor.shape
+        fits = len(a.shape) == 2 and len(b.shape) == 2 and a.shape[0] == b.shape[1]
+        if not fits or a.shape[1] != in_features or b.shape[0] != out_features:
+            raise AdapterError(
+                f"adapter {source}: {module} does not fit the base: lora_A {a.shape} x lora_B {b.shape} "
+                f"against base tensor {tensor.source} {tensor.shape}"
+            )
+        alpha = float(_pattern_value(config.get("alpha_pattern") or {}, module, config.get("lora_alpha", 8)))
+        targets.append(LoraTarget(name, module, pair["A"], pair["B"], a.shape[0], alpha))
+    if skipped:
+        warnings.append(f"adapter {source}: {skipped} vision-tower module(s) skipped (only the text model is exported)")
+    return tuple(targets)

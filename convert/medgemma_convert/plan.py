@@ -1,0 +1,71 @@
+"""Plan first: every input checked cheaply (headers only) before any weights are read."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from medgemma_models.catalog import get_preset, preset_for
+from medgemma_models.errors import ConversionError
+from medgemma_models.files import check_writable
+
+from .adapter import ResolvedAdapter, resolve_adapter
+from .base import ResolvedBase, resolve_base
+from .options import ConversionOptions
+from .quants import intermediate_type, output_paths
+
+
+@dataclass(frozen=True)
+class ConversionPlan:
+    options: ConversionOptions
+    base: ResolvedBase
+    adapters: tuple[ResolvedAdapter, ...]
+    outputs: dict[str, Path]  # quant name -> final path, in the order asked for
+    intermediate: str  # the unquantized type our writer produces ("f32", "f16" or "bf16")
+    preset: str | None
+    name: str
+    warnings: tuple[str, ...]
+
+
+def plan(options: ConversionOptions) -> ConversionPlan:
+    """Validate options against the real inputs; raises a MedGemmaError naming the first problem."""
+    outputs = output_paths(options.out, options.quants)
+    for path in outputs.values():
+        check_writable(path, options.force)
+    if options.report is not None:
+        check_writable(options.report, options.force)
+    if options.eval_text is not None and not options.eval_text.is_file():
+        raise ConversionError(f"evaluation text not found: {options.eval_text}")
+    warnings: list[str] = []
+    base = resolve_base(options.base)
+    if base.kind == "gguf":
+        warnings.append(f"the base {base.path.name} is a GGUF file: its weights are dequantized, and requantizing them "
+                        "loses quality; the original Hugging Face folder gives better results")
+    adapters = tuple(resolve_adapter(spec, base, warnings) for spec in options.adapters)
+    return ConversionPlan(
+        options=options,
+        base=base,
+        adapters=adapters,
+        outputs=outputs,
+        intermediate=intermediate_type(options.quants),
+        preset=_preset(options, base, adapters),
+        name=options.name or _default_name(base, adapters),
+        warnings=tuple(warnings),
+    )
+
+
+def _preset(options: ConversionOptions, base: ResolvedBase, adapters: tuple[ResolvedAdapter, ...]) -> str | None:
+    if options.preset is not None:
+        try:
+            return get_preset(options.preset).name
+        except KeyError as exc:
+            raise ConversionError(str(exc.args[0])) from None
+    found = preset_for([a.id for a in adapters], base.id)
+    if found is None and adapters:
+        found = preset_for((), adapters[0].base_model)
+    return found.name if found else None
+
+
+def _default_name(base: ResolvedBase, adapters: tuple[ResolvedAdapter, ...]) -> str:
+    source = adapters[-1].id if adapters else base.id
+    return Path(source.rstrip("/")).name.removesuffix(".gguf") or "model"

@@ -1,0 +1,81 @@
+"""The conversion report: inputs, each output's real contents, and time and memory per stage."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import resource
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from medgemma_models.files import atomic_output, sha256_file
+from medgemma_models.gguf_info import read_model_info
+
+_CLEAR_REFS = Path("/proc/self/clear_refs")
+_STATUS = Path("/proc/self/status")
+
+
+def _can_reset_peak() -> bool:
+    try:
+        _CLEAR_REFS.write_text("5")  # resets VmHWM, the process's peak resident memory (Linux >= 4.0)
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss() -> int:
+    if _STATUS.is_file():
+        for line in _STATUS.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB elsewhere
+
+
+class StageRecorder:
+    """Wall time and peak resident memory of each stage."""
+
+    def __init__(self) -> None:
+        self.per_stage = _can_reset_peak()
+        self.method = (
+            "peak RSS per stage (VmHWM, reset through /proc/self/clear_refs)" if self.per_stage
+            else "peak RSS of the process so far (getrusage ru_maxrss)"
+        )
+        self.stages: list[dict[str, Any]] = []
+        self.started = time.perf_counter()
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        if self.per_stage:
+            _can_reset_peak()
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.stages.append({"stage": name, "wall_s": round(time.perf_counter() - start, 3), "peak_rss_bytes": _peak_rss()})
+
+    def total_wall(self) -> float:
+        return round(time.perf_counter() - self.started, 3)
+
+
+def describe_output(path: Path, quant: str) -> dict[str, Any]:
+    """What was really written: bytes, sha256, file type, tensor types and real bits per weight."""
+    info = read_model_info(path)
+    return {
+        "path": str(path),
+        "quant": quant,
+        "bytes": info.file_size,
+        "sha256": sha256_file(path),
+        "file_type": info.file_type,
+        "tensor_types": info.tensor_types,
+        "bits_per_weight": round(info.bits_per_weight, 4),
+        "parameter_count": info.parameter_count,
+    }
+
+
+def write_report(report: dict[str, Any], path: Path, force: bool) -> None:
+    with atomic_output(path, force) as partial:
+        partial.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")

@@ -1,0 +1,149 @@
+"""Turn a chat into the Gemma prompt for its next answer, leaving out old turns when it is too long.
+
+The prompt is rebuilt from the whole chat on every send, and built so that it extends the
+previous prompt plus the answer text exactly: llama.cpp then finds the earlier turns in its
+KV cache and only evaluates the new message. Formatting itself is the shared core's
+(`Preset.build_prompt`, `medgemma_models.prompt`); this module decides which turns go in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from medgemma_models.catalog import Preset
+from medgemma_models.errors import PromptTooLongError
+from medgemma_models.prompt import THINK_CLOSE, THINK_OPEN, Turn
+from medgemma_models.reasoning import strip_reasoning
+
+
+class ChatMessage(Protocol):
+    """What a prompt needs of a message; `history.Message` is one."""
+
+    role: str
+    text: str
+    reasoning: str
+
+
+@dataclass(frozen=True)
+class PromptPlan:
+    """The prompt to send; `dropped_turns` > 0 means that many earlier messages were left out."""
+
+    text: str
+    prompt_tokens: int
+    dropped_turns: int
+
+
+@dataclass(frozen=True)
+class _Turn:
+    turn: Turn
+    messages: int  # how many stored messages it stands for
+
+
+def model_turn_text(preset: Preset, message: ChatMessage, send_reasoning_back: bool) -> str:
+    """What an earlier answer contributes to the context.
+
+    Reasoning goes back only when asked (`<think>R</think>A`, as the model wrote it). An answer
+    of a reasoning preset given without reasoning (thinking was off) goes back as
+    `<think></think>A`, exactly as the prompt pre-filled it: either way the text, and so the
+    KV cache, matches what the model saw. An answer whose reasoning is left out goes back alone.
+    """
+    if message.reasoning and not send_reasoning_back:
+        return strip_reasoning(message.text)
+    if preset.reasoning or message.reasoning:
+        return f"{THINK_OPEN}{message.reasoning}{THINK_CLOSE}{message.text}"
+    return message.text
+
+
+def _turns(preset: Preset, history: Sequence[ChatMessage], send_reasoning_back: bool) -> list[_Turn]:
+    """Alternating user/model turns starting and ending with a user turn.
+
+    A stored chat can break the alternation (an answer that failed and left nothing, so two
+    user messages follow each other); Gemma expects strict alternation, so neighbours of the
+    same role are joined.
+    """
+    turns: list[_Turn] = []
+    for message in history:
+        if message.role == "user":
+            text = message.text
+        elif message.role == "model":
+            if not message.text and not message.reasoning:
+                continue
+            text = model_turn_text(preset, message, send_reasoning_back)
+        else:
+            raise ValueError(f"unknown role {message.role!r}")
+        if not turns and message.role == "model":
+            continue
+        if turns and turns[-1].turn.role == message.role:
+            last = turns[-1]
+            turns[-1] = _Turn(Turn(last.turn.role, f"{last.turn.text}\n\n{text}"), last.messages + 1)
+        else:
+            turns.append(_Turn(Turn(message.role, text), 1))  # type: ignore[arg-type]
+    if not turns or turns[-1].turn.role != "user":
+        raise ValueError("the chat must end with the user's new message")
+    return turns
+
+
+def build_prompt(
+    preset: Preset,
+    history: Sequence[ChatMessage],
+    *,
+    system: str | None,
+    think: bool,
+    send_reasoning_back: bool,
+    n_ctx: int,
+    max_tokens: int,
+    count_tokens: Callable[[str], int],
+) -> PromptPlan:
+    """The prompt for the answer to the chat's last (user) message, fitted into `n_ctx`.
+
+    The answer needs room too: the prompt gets `n_ctx - max_tokens` tokens. When it does not
+    fit, whole user+model pairs are left out, oldest first; the first pair stays (its user turn
+    carries the folded system text and usually the case itself), and so does the new message.
+    Raises `PromptTooLongError` when even that is too long.
+    """
+    turns = _turns(preset, history, send_reasoning_back)
+    budget = n_ctx - max_tokens
+
+    if preset.format == "completion":
+        # Completion adapters were trained on single cases: only the newest message is used,
+        # by design, so nothing counts as left out for lack of room.
+        text = preset.build_prompt([turns[-1].turn], system=system, think=think)
+        tokens = count_tokens(text)
+        if tokens > budget:
+            raise _too_long(tokens, max_tokens, n_ctx)
+        return PromptPlan(text, tokens, 0)
+
+    # turns = u1 m1 u2 m2 … uN: the pairs (u2 m2) … (u(N-1) m(N-1)) may be left out.
+    droppable = max(0, (len(turns) - 3) // 2)
+
+    def attempt(pairs: int) -> PromptPlan:
+        kept = turns[:2] + turns[2 + 2 * pairs:] if pairs else turns
+        text = preset.build_prompt([t.turn for t in kept], system=system, think=think)
+        dropped = sum(t.messages for t in turns[2:2 + 2 * pairs])
+        return PromptPlan(text, count_tokens(text), dropped)
+
+    plan = attempt(0)
+    if plan.prompt_tokens <= budget:
+        return plan
+    shortest = attempt(droppable)
+    if shortest.prompt_tokens > budget:
+        raise _too_long(shortest.prompt_tokens, max_tokens, n_ctx)
+    # Leaving out more pairs never makes the prompt longer: search for the fewest that fit.
+    low, high, best = 0, droppable, shortest  # attempt(low) does not fit, attempt(high) fits
+    while high - low > 1:
+        middle = (low + high) // 2
+        candidate = attempt(middle)
+        if candidate.prompt_tokens <= budget:
+            high, best = middle, candidate
+        else:
+            low = middle
+    return best
+
+
+def _too_long(tokens: int, max_tokens: int, n_ctx: int) -> PromptTooLongError:
+    return PromptTooLongError(
+        f"the message is too long for the context: the prompt needs {tokens} tokens and the answer up to "
+        f"{max_tokens}, but the context holds {n_ctx}; shorten it, lower max tokens or raise the context size"
+    )

@@ -1,0 +1,1 @@
+"""The Qt window of medgemma-desktop; everything Qt lives in this sub-package."""

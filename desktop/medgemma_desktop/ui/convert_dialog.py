@@ -1,0 +1,344 @@
+"""Convert…: run `medgemma-convert … --progress json` as a child process and follow it.
+
+The conversion runs in its own process so the window never imports torch and a failing
+conversion cannot take the chat down. Before starting, a tiny child checks that the convert
+extra is installed (with `importlib.util.find_spec`, so nothing heavy is imported here).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtCore import QProcess, QProcessEnvironment, Signal, Slot
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDialog,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QLineEdit,
+    QPlainTextEdit,
+    QProgressBar,
+    QPushButton,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from medgemma_models.catalog import presets
+from medgemma_models.store import models_dir
+
+INSTALL_HINT = "pip install 'medgemma-edge[convert]'"
+QUANTS = ("f16", "q8_0", "q6_k", "q5_k_m", "q4_k_m")
+CHECK_CODE = (
+    "import importlib.util, sys\n"
+    "missing = [m for m in ('torch', 'transformers', 'peft', 'safetensors', 'medgemma_convert')"
+    " if importlib.util.find_spec(m) is None]\n"
+    "print(' '.join(missing)); sys.exit(3 if missing else 0)\n"
+)
+MISSING_EXIT = 3
+
+
+def convert_arguments(base: str, adapters: list[tuple[str, float]], out: str, quants: list[str],
+                      preset: str | None, name: str | None, verify: bool) -> list[str]:
+    """The `medgemma-convert` command line the dialog's fields describe."""
+    args = ["-m", "medgemma_convert", "--base", base]
+    for path, scale in adapters:
+        args += ["--adapter", path if scale == 1.0 else f"{path}:{scale:g}"]
+    args += ["--out", out, "--quant", ",".join(quants), "--progress", "json"]
+    if preset:
+        args += ["--preset", preset]
+    if name:
+        args += ["--name", name]
+    if verify:
+        args.append("--verify")
+    return args
+
+
+class ConvertDialog(QDialog):
+    converted = Signal(str)  # path of each GGUF the conversion produced
+    progress_changed = Signal(str, int, int)
+
+    def __init__(self, parent: QWidget | None = None, python: str = sys.executable) -> None:
+        super().__init__(parent)
+        self.setObjectName("convertDialog")
+        self.setWindowTitle("Convert a LoRA adapter into a GGUF model")
+        self.setAccessibleName("Convert")
+        self.resize(720, 640)
+        self.python = python
+        self.outputs: list[str] = []
+        self.report: dict[str, Any] | None = None
+        self.error: str | None = None
+        self._stderr = ""
+        self._stdout_buffer = ""
+        self._process: QProcess | None = None
+
+        self.base = QLineEdit(self)
+        self.base.setAccessibleName("Base model: folder, hub id or GGUF file")
+        self.base.setPlaceholderText("Hugging Face folder, hub id (needs a download) or GGUF file")
+        base_folder = QPushButton("Folder…", self)
+        base_folder.setAccessibleName("Choose the base model folder")
+        base_folder.clicked.connect(self._pick_base_folder)
+        base_row = QHBoxLayout()
+        base_row.addWidget(self.base, 1)
+        base_row.addWidget(base_folder)
+
+        self.adapters = QTableWidget(0, 2, self)
+        self.adapters.setAccessibleName("Adapters and their scales")
+        self.adapters.setHorizontalHeaderLabels(["Adapter (PEFT folder or hub id)", "Scale"])
+        self.adapters.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        self.adapters.setMinimumHeight(110)
+        add_adapter = QPushButton("Add adapter…", self)
+        add_adapter.setAccessibleName("Add an adapter folder")
+        add_adapter.clicked.connect(self._pick_adapter)
+        remove_adapter = QPushButton("Remove", self)
+        remove_adapter.setAccessibleName("Remove the selected adapter")
+        remove_adapter.clicked.connect(self._remove_adapter)
+        adapter_buttons = QHBoxLayout()
+        adapter_buttons.addWidget(add_adapter)
+        adapter_buttons.addWidget(remove_adapter)
+        adapter_buttons.addStretch(1)
+
+        self.quant_boxes: dict[str, QCheckBox] = {}
+        quant_row = QHBoxLayout()
+        for quant in QUANTS:
+            box = QCheckBox(quant, self)
+            box.setAccessibleName(f"Quantization {quant}")
+            box.setChecked(quant in ("q8_0", "q4_k_m"))
+            self.quant_boxes[quant] = box
+            quant_row.addWidget(box)
+        quant_row.addStretch(1)
+        self.preset = QComboBox(self)
+        self.preset.setAccessibleName("Prompt preset")
+        self.preset.addItem("From the catalog (by adapter or base)", "")
+        for preset in presets().values():
+            self.preset.addItem(preset.title, preset.name)
+        self.name = QLineEdit(self)
+        self.name.setAccessibleName("Model name")
+        self.out = QLineEdit(str(models_dir() / "converted.gguf"), self)
+        self.out.setAccessibleName("Output GGUF file")
+        self.verify = QCheckBox("Verify against transformers (slower)", self)
+        self.verify.setAccessibleName("Verify")
+
+        form = QFormLayout()
+        form.addRow("Base", base_row)
+        form.addRow("Adapters", self.adapters)
+        form.addRow("", adapter_buttons)
+        form.addRow("Quantizations", quant_row)
+        form.addRow("Preset", self.preset)
+        form.addRow("Name", self.name)
+        form.addRow("Output", self.out)
+        form.addRow("", self.verify)
+
+        self.stage = QLabel("", self)
+        self.stage.setAccessibleName("Conversion stage")
+        self.progress = QProgressBar(self)
+        self.progress.setAccessibleName("Conversion progress")
+        self.log = QPlainTextEdit(self)
+        self.log.setReadOnly(True)
+        self.log.setAccessibleName("Conversion log and report")
+        self.start_button = QPushButton("Convert", self)
+        self.start_button.setAccessibleName("Start the conversion")
+        self.start_button.clicked.connect(self.start)
+        self.cancel_button = QPushButton("Cancel conversion", self)
+        self.cancel_button.setAccessibleName("Cancel the conversion")
+        self.cancel_button.setEnabled(False)
+        self.cancel_button.clicked.connect(self.cancel)
+        close = QPushButton("Close", self)
+        close.setAccessibleName("Close")
+        close.clicked.connect(self.reject)
+        buttons = QHBoxLayout()
+        buttons.addStretch(1)
+        buttons.addWidget(self.start_button)
+        buttons.addWidget(self.cancel_button)
+        buttons.addWidget(close)
+
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addWidget(self.stage)
+        layout.addWidget(self.progress)
+        layout.addWidget(self.log, 1)
+        layout.addLayout(buttons)
+
+    # -- the form -------------------------------------------------------------------------------
+
+    @Slot()
+    def _pick_base_folder(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Base model folder")
+        if folder:
+            self.base.setText(folder)
+
+    @Slot()
+    def _pick_adapter(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "PEFT adapter folder")
+        if folder:
+            self.add_adapter(folder)
+
+    def add_adapter(self, path: str, scale: float = 1.0) -> None:
+        row = self.adapters.rowCount()
+        self.adapters.insertRow(row)
+        self.adapters.setItem(row, 0, QTableWidgetItem(path))
+        spin = QDoubleSpinBox(self.adapters)
+        spin.setRange(-4.0, 4.0)
+        spin.setSingleStep(0.1)
+        spin.setValue(scale)
+        spin.setAccessibleName(f"Scale of adapter {row + 1}")
+        self.adapters.setCellWidget(row, 1, spin)
+
+    @Slot()
+    def _remove_adapter(self) -> None:
+        row = self.adapters.currentRow()
+        if row >= 0:
+            self.adapters.removeRow(row)
+
+    def arguments(self) -> list[str]:
+        adapters = []
+        for row in range(self.adapters.rowCount()):
+            item = self.adapters.item(row, 0)
+            spin = self.adapters.cellWidget(row, 1)
+            if item is not None and item.text().strip():
+                adapters.append((item.text().strip(), spin.value() if isinstance(spin, QDoubleSpinBox) else 1.0))
+        quants = [q for q, box in self.quant_boxes.items() if box.isChecked()] or ["q8_0"]
+        return convert_arguments(self.base.text().strip(), adapters, self.out.text().strip(), quants,
+                                 self.preset.currentData() or None, self.name.text().strip() or None,
+                                 self.verify.isChecked())
+
+    # -- the child processes --------------------------------------------------------------------
+
+    def _child(self) -> QProcess:
+        process = QProcess(self)
+        env = QProcessEnvironment.systemEnvironment()
+        env.insert("HF_HUB_OFFLINE", "1")
+        env.insert("PYTHONUNBUFFERED", "1")
+        process.setProcessEnvironment(env)
+        return process
+
+    @Slot()
+    def start(self) -> None:
+        """First check that the convert extra is there, then run the conversion."""
+        if not self.base.text().strip() or not self.out.text().strip():
+            self._fail("Choose a base model and an output file first.")
+            return
+        self.error = None
+        self.outputs = []
+        self.report = None
+        self.log.clear()
+        self.start_button.setEnabled(False)
+        self.stage.setText("Checking the conversion tools…")
+        check = self._child()
+        check.finished.connect(self._on_checked)
+        self._process = check
+        check.start(self.python, ["-c", CHECK_CODE])
+
+    @Slot(int, QProcess.ExitStatus)
+    def _on_checked(self, code: int, _status: QProcess.ExitStatus) -> None:
+        check = self._process
+        missing = bytes(check.readAllStandardOutput().data()).decode(errors="replace").strip() if check else ""
+        if code == MISSING_EXIT:
+            self._fail(f"The convert extra is not installed (missing: {missing}). Install it with: {INSTALL_HINT}")
+            return
+        if code != 0:
+            self._fail(f"Could not run Python for the conversion (exit status {code}).")
+            return
+        self._run_conversion()
+
+    def _run_conversion(self) -> None:
+        process = self._child()
+        process.readyReadStandardOutput.connect(self._on_stdout)
+        process.readyReadStandardError.connect(self._on_stderr)
+        process.finished.connect(self._on_finished)
+        self._process = process
+        self._stderr = ""
+        self._stdout_buffer = ""
+        self.cancel_button.setEnabled(True)
+        self.stage.setText("Starting…")
+        args = self.arguments()
+        self.log.appendPlainText("$ medgemma-convert " + " ".join(args[2:]))
+        process.start(self.python, args)
+
+    @Slot()
+    def cancel(self) -> None:
+        if self._process is not None and self._process.state() != QProcess.ProcessState.NotRunning:
+            # The converter writes to NAME.partial and removes it when interrupted.
+            self._process.terminate()
+
+    @Slot()
+    def _on_stdout(self) -> None:
+        assert self._process is not None
+        self._stdout_buffer += bytes(self._process.readAllStandardOutput().data()).decode(errors="replace")
+        *lines, self._stdout_buffer = self._stdout_buffer.split("\n")
+        for line in lines:
+            self.handle_line(line)
+
+    def handle_line(self, line: str) -> None:
+        """One line of `--progress json`: {"stage", "done", "total"} or the final {"stage": "done", "report"}."""
+        line = line.strip()
+        if not line:
+            return
+        try:
+            event = json.loads(line)
+        except ValueError:
+            self.log.appendPlainText(line)
+            return
+        if not isinstance(event, dict):
+            return
+        stage = str(event.get("stage", ""))
+        if stage == "done" and isinstance(event.get("report"), dict):
+            self._on_report(event["report"])
+            return
+        done, total = int(event.get("done") or 0), int(event.get("total") or 0)
+        self.stage.setText(f"{stage.replace('_', ' ').capitalize()}… {done}/{total}" if total else stage)
+        self.progress.setRange(0, max(total, 1))
+        self.progress.setValue(min(done, max(total, 1)))
+        self.progress_changed.emit(stage, done, total)
+
+    def _on_report(self, report: dict[str, Any]) -> None:
+        self.report = report
+        outputs = report.get("outputs") or []
+        self.outputs = [str(o["path"]) for o in outputs if isinstance(o, dict) and o.get("path")]
+        self.log.appendPlainText("\n" + json.dumps(report, indent=2, ensure_ascii=False))
+
+    @Slot()
+    def _on_stderr(self) -> None:
+        assert self._process is not None
+        text = bytes(self._process.readAllStandardError().data()).decode(errors="replace")
+        self._stderr += text
+        self.log.appendPlainText(text.rstrip())
+
+    @Slot(int, QProcess.ExitStatus)
+    def _on_finished(self, code: int, status: QProcess.ExitStatus) -> None:
+        self._on_stdout()
+        self.handle_line(self._stdout_buffer)
+        self._stdout_buffer = ""
+        self.cancel_button.setEnabled(False)
+        self.start_button.setEnabled(True)
+        if status != QProcess.ExitStatus.NormalExit or code != 0:
+            lines = [line for line in self._stderr.splitlines() if line.strip()]
+            self._fail(lines[-1] if lines else f"The conversion stopped (exit status {code}).")
+            return
+        if not self.outputs:
+            self.outputs = [self.out.text().strip()]
+        self.stage.setText("Done: " + ", ".join(Path(p).name for p in self.outputs))
+        self.progress.setRange(0, 1)
+        self.progress.setValue(1)
+        for path in self.outputs:
+            self.converted.emit(path)
+
+    def _fail(self, message: str) -> None:
+        self.error = message
+        self.stage.setText(message)
+        self.log.appendPlainText(message)
+        self.start_button.setEnabled(True)
+        self.cancel_button.setEnabled(False)
+
+    def reject(self) -> None:
+        self.cancel()
+        super().reject()

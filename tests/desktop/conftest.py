@@ -1,0 +1,46 @@
+"""Fixtures of the window tests: a history database and windows with a loaded model."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from medgemma_desktop.engine import Engine
+from medgemma_desktop.history import History
+from medgemma_desktop.ui.main_window import NOTICE_SETTING, MainWindow
+from ui_support import load_model
+
+@pytest.fixture
+def history(medgemma_home: Path) -> Iterator[History]:
+    db = History()
+    db.set_setting(NOTICE_SETTING, True)
+    yield db
+    db.close()
+
+
+WindowFactory = Callable[..., MainWindow]
+
+
+@pytest.fixture
+def make_window(qtbot: Any, history: History, gemma_270m: Path) -> Iterator[WindowFactory]:
+    """Open a window on `history` with a loaded model; closes them all at the end."""
+    windows: list[MainWindow] = []
+
+    def make(engine_factory: Callable[[], Any] = Engine, model: Path | None = gemma_270m,
+             settings: dict[str, Any] | None = None, db: History | None = None, load: bool = True) -> MainWindow:
+        window = MainWindow(db or history, engine_factory)
+        qtbot.addWidget(window)
+        windows.append(window)
+        window.show()
+        if load:
+            load_model(qtbot, window, model, settings)
+        return window
+
+    yield make
+    for window in windows:
+        window.shutdown()
+
+

@@ -1,0 +1,260 @@
+"""Building the prompt for the next answer: cache-friendly, reasoning handled, fitted to the context."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from medgemma_desktop.conversation import PromptPlan, build_prompt
+from medgemma_desktop.history import History
+from medgemma_models.catalog import get_preset
+from medgemma_models.errors import MedGemmaError, PromptTooLongError
+from medgemma_models.prompt import BOS, THINK_OFF_PREFIX
+from medgemma_models.reasoning import split_reasoning
+
+
+@dataclass(frozen=True)
+class Msg:
+    role: str
+    text: str
+    reasoning: str = ""
+
+
+def words(text: str) -> int:
+    return len(text.split())
+
+
+@pytest.fixture(scope="module")
+def count_tokens(gemma_270m: Path) -> Callable[[str], int]:
+    """The real Gemma tokenizer (vocabulary only: no weights loaded)."""
+    import llama_cpp
+
+    vocab = llama_cpp.Llama(model_path=str(gemma_270m), vocab_only=True, verbose=False)
+    return lambda text: len(vocab.tokenize(text.encode("utf-8"), add_bos=False, special=True))
+
+
+@pytest.fixture(scope="module")
+def tokenize(gemma_270m: Path) -> Callable[[str], list[int]]:
+    import llama_cpp
+
+    vocab = llama_cpp.Llama(model_path=str(gemma_270m), vocab_only=True, verbose=False)
+    return lambda text: vocab.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+
+
+def plan(preset_name: str, history, **overrides) -> PromptPlan:
+    options = dict(system=None, think=True, send_reasoning_back=False, n_ctx=100_000, max_tokens=100, count_tokens=words)
+    options.update(overrides)
+    return build_prompt(get_preset(preset_name), history, **options)
+
+
+# Raw model outputs as llama.cpp would stream them; the chat stores them split.
+RAW_ANSWERS = [
+    "<think>\nFever with a stiff neck suggests meningitis.\n</think>\n\nSeek urgent care: possible meningitis.",
+    "<think>Photophobia fits too.</think>It also explains the light sensitivity.",
+    "<think>\n\n</think>\n\nNo, antibiotics should not be delayed.",
+]
+QUESTIONS = ["Fever and a stiff neck?", "And light hurts my eyes?", "Can we wait a day?", "What tests are done?"]
+
+
+def grow_chat(preset_name: str, raw_answers: list[str], **options) -> list[tuple[str, str]]:
+    """Send the questions one by one, answering each with a raw output; (prompt, raw answer) per turn."""
+    chat: list[Msg] = []
+    turns = []
+    for question, raw in zip(QUESTIONS, [*raw_answers, ""]):
+        chat.append(Msg("user", question))
+        prompt = plan(preset_name, chat, **options).text
+        turns.append((prompt, raw))
+        reasoning, answer = split_reasoning(raw)
+        chat.append(Msg("model", answer, reasoning))
+    return turns
+
+
+@pytest.mark.parametrize(
+    ("preset_name", "options", "raw_answers"),
+    [
+        ("gemma-chat", {}, ["Seek urgent care.", "That fits meningitis too.", "No, do not wait."]),
+        ("medical-qa-1b", {"system": "Answer briefly."}, ["Seek urgent care.", "Yes.", "No."]),
+        ("medical-cot-270m", {"think": True, "send_reasoning_back": True}, RAW_ANSWERS),
+        # Thinking off: the prompt pre-fills <think></think>, the model writes only the answer.
+        ("medical-cot-270m", {"think": False, "send_reasoning_back": True}, ["Urgent care.", "Yes.", "No."]),
+        ("medical-cot-270m", {"think": False, "send_reasoning_back": False}, ["Urgent care.", "Yes.", "No."]),
+    ],
+)
+def test_each_prompt_extends_the_last_prompt_and_answer(preset_name, options, raw_answers, tokenize) -> None:
+    turns = grow_chat(preset_name, raw_answers, **options)
+    for (previous, answer), (current, _) in zip(turns, turns[1:]):
+        # The text up to the end of the previous answer is unchanged...
+        assert current.startswith(previous + answer)
+        # ...and so are its tokens (<end_of_turn> is a special token, so the cut is clean):
+        # llama.cpp keeps them in the KV cache and evaluates only the new message.
+        cached = tokenize(previous + answer)
+        assert tokenize(current)[: len(cached)] == cached
+        assert current.count(BOS) == 1
+
+
+def test_thinking_answers_with_reasoning_stripped_still_share_the_earlier_turns() -> None:
+    turns = grow_chat("medical-cot-270m", RAW_ANSWERS, think=True, send_reasoning_back=False)
+    for (previous, _), (current, _) in zip(turns, turns[1:]):
+        # Only the previous answer changes (its reasoning left out); everything before it is reused.
+        assert current.startswith(previous)
+
+
+def test_earlier_reasoning_is_left_out_unless_sent_back() -> None:
+    chat = [
+        Msg("user", "Chest pain on exertion?"),
+        Msg("model", "Possibly angina.", reasoning="UNIQUE-REASONING-TEXT exertional pattern"),
+        Msg("user", "What next?"),
+    ]
+    stripped = plan("medical-cot-270m", chat, send_reasoning_back=False).text
+    assert "UNIQUE-REASONING-TEXT" not in stripped
+    assert "<start_of_turn>model\nPossibly angina.<end_of_turn>" in stripped
+    sent = plan("medical-cot-270m", chat, send_reasoning_back=True).text
+    assert "<start_of_turn>model\n<think>UNIQUE-REASONING-TEXT exertional pattern</think>Possibly angina.<end_of_turn>" in sent
+
+
+def test_think_off_prefills_an_empty_think_only_for_reasoning_presets() -> None:
+    chat = [Msg("user", "Headache?")]
+    assert plan("medical-cot-270m", chat, think=False).text.endswith("<start_of_turn>model\n" + THINK_OFF_PREFIX)
+    assert plan("medical-cot-270m", chat, think=True).text.endswith("<start_of_turn>model\n")
+    assert plan("gemma-chat", chat, think=False).text.endswith("<start_of_turn>model\n")
+    assert "<think>" not in plan("gemma-chat", chat, think=False).text
+
+
+def test_the_system_text_is_folded_into_the_first_user_turn() -> None:
+    chat = [Msg("user", "First question"), Msg("model", "First answer"), Msg("user", "Second question")]
+    text = plan("gemma-chat", chat, system="You are careful.").text
+    assert text.startswith(BOS + "<start_of_turn>user\nYou are careful.\n\nFirst question<end_of_turn>\n")
+    assert text.count("You are careful.") == 1
+
+
+def long_chat(pairs: int) -> list[Msg]:
+    chat = [Msg("user", "FIRST-CASE a 40 year old with fever " * 3), Msg("model", "first answer " * 5)]
+    for i in range(1, pairs):
+        chat += [Msg("user", f"question-{i} " + "detail " * 20), Msg("model", f"answer-{i} " + "words " * 20)]
+    return [*chat, Msg("user", "NEWEST-QUESTION what now?")]
+
+
+def test_oldest_pairs_are_left_out_when_the_context_is_full() -> None:
+    chat = long_chat(pairs=12)
+    full = plan("gemma-chat", chat, system="SYSTEM-TEXT")
+    n_ctx, max_tokens = full.prompt_tokens // 2, 50
+    fitted = plan("gemma-chat", chat, system="SYSTEM-TEXT", n_ctx=n_ctx, max_tokens=max_tokens)
+
+    assert fitted.prompt_tokens + max_tokens <= n_ctx
+    assert fitted.dropped_turns > 0 and fitted.dropped_turns % 2 == 0
+    for kept in ("SYSTEM-TEXT", "FIRST-CASE", "first answer", "NEWEST-QUESTION"):
+        assert kept in fitted.text
+    dropped_pairs = fitted.dropped_turns // 2
+    # The oldest pairs after the first one go; the rest are kept in order.
+    assert "question-1 " not in fitted.text
+    assert f"question-{dropped_pairs} " not in fitted.text
+    for i in range(dropped_pairs + 1, 12):
+        assert f"question-{i} " in fitted.text and f"answer-{i} " in fitted.text
+    # No more is left out than needed: keeping one more pair would not fit.
+    one_more = chat[:2] + chat[2 + 2 * (dropped_pairs - 1):]
+    assert plan("gemma-chat", one_more, system="SYSTEM-TEXT").prompt_tokens + max_tokens > n_ctx
+    # Turns still alternate, ending with the generation prompt's model turn.
+    roles = [part.split("\n", 1)[0] for part in fitted.text.split("<start_of_turn>")[1:]]
+    assert roles == ["user", "model"] * (len(roles) // 2) and len(roles) % 2 == 0
+
+
+def test_nothing_is_left_out_when_it_fits() -> None:
+    chat = long_chat(pairs=4)
+    result = plan("gemma-chat", chat, n_ctx=10_000, max_tokens=500)
+    assert result.dropped_turns == 0
+    assert result.prompt_tokens == words(result.text)
+
+
+def test_a_message_too_long_for_the_context_is_a_clear_error() -> None:
+    chat = [*long_chat(pairs=3)[:-1], Msg("user", "word " * 1000)]
+    with pytest.raises(PromptTooLongError) as caught:
+        plan("gemma-chat", chat, n_ctx=600, max_tokens=100)
+    assert isinstance(caught.value, MedGemmaError)
+    assert "too long for the context" in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_fitting_with_the_real_tokenizer(count_tokens) -> None:
+    chat = long_chat(pairs=20)
+    n_ctx, max_tokens = 512, 128
+    fitted = plan("medical-cot-270m", chat, n_ctx=n_ctx, max_tokens=max_tokens, count_tokens=count_tokens)
+    assert fitted.prompt_tokens == count_tokens(fitted.text)
+    assert fitted.prompt_tokens + max_tokens <= n_ctx
+    assert fitted.dropped_turns > 0
+    assert "FIRST-CASE" in fitted.text and "NEWEST-QUESTION" in fitted.text
+
+
+def test_a_chat_from_the_history_database(tmp_path: Path, count_tokens) -> None:
+    with History(tmp_path / "history.sqlite3") as history:
+        chat = history.create_chat()
+        history.add_message(chat, "user", "Is a resting heart rate of 48 normal?")
+        history.add_message(chat, "model", "In trained athletes it can be.", reasoning="Bradycardia thresholds.")
+        history.add_message(chat, "user", "I am not an athlete.")
+        result = plan(
+            "medical-cot-270m", history.messages(chat), n_ctx=2048, max_tokens=256, count_tokens=count_tokens
+        )
+    assert result.dropped_turns == 0
+    assert "In trained athletes it can be." in result.text and "Bradycardia" not in result.text
+    assert result.text.endswith("I am not an athlete.\n\n### Response:\n<end_of_turn>\n<start_of_turn>model\n")
+
+
+def test_irregular_chats_are_made_to_alternate() -> None:
+    chat = [
+        Msg("user", "First"),
+        Msg("model", ""),  # an answer that failed before writing anything
+        Msg("user", "Second try"),
+    ]
+    text = plan("gemma-chat", chat).text
+    assert text == BOS + "<start_of_turn>user\nFirst\n\nSecond try<end_of_turn>\n<start_of_turn>model\n"
+    with pytest.raises(ValueError):
+        plan("gemma-chat", [Msg("user", "q"), Msg("model", "a")])
+
+
+def test_completion_presets_use_the_newest_message_only() -> None:
+    chat = [Msg("user", "old case"), Msg("model", "Influenza"), Msg("user", "fever, stiff neck, photophobia")]
+    result = plan("symptom-diagnosis-2b", chat)
+    assert result.dropped_turns == 0
+    assert result.text.endswith("### Symptoms:\nfever, stiff neck, photophobia\n### Diagnosis:\n")
+    assert "old case" not in result.text
+    with pytest.raises(PromptTooLongError):
+        plan("symptom-diagnosis-2b", chat, n_ctx=40, max_tokens=30)
+
+
+@pytest.mark.slow
+def test_the_second_turn_reuses_the_first_from_the_kv_cache(gemma_270m: Path) -> None:
+    """The real engine: turn 2 evaluates only what is new, because its prompt extends turn 1's."""
+    from medgemma_desktop.engine import Engine, GenerationSettings, LoadOptions
+
+    engine = Engine()
+    engine.load(gemma_270m, LoadOptions(n_ctx=1024, gpu="cpu"))
+    try:
+        greedy = GenerationSettings(temperature=0.0, max_tokens=24, seed=0)
+        preset = get_preset("gemma-chat")
+        options = dict(system="Answer briefly.", think=True, send_reasoning_back=False, n_ctx=engine.n_ctx,
+                       max_tokens=greedy.max_tokens, count_tokens=engine.count_tokens)
+        chat = [Msg("user", "What is a normal resting heart rate for adults?")]
+        first = build_prompt(preset, chat, **options)
+        answer = "".join(engine.stream(first.text, greedy))
+        assert answer.strip()
+        chat += [Msg("model", answer), Msg("user", "And for children?")]
+        second = build_prompt(preset, chat, **options)
+        list(engine.stream(second.text, greedy))
+        stats = engine.last_stats
+    finally:
+        engine.close()
+    assert stats is not None
+    assert second.dropped_turns == 0
+    assert stats.prompt_tokens == second.prompt_tokens
+    # Everything up to the end of the first answer came from the cache.
+    assert stats.reused_tokens >= first.prompt_tokens + len(engine_tokens(gemma_270m, answer)) - 1
+    assert stats.prompt_tokens - stats.reused_tokens < 20
+
+
+def engine_tokens(model: Path, text: str) -> list[int]:
+    import llama_cpp
+
+    vocab = llama_cpp.Llama(model_path=str(model), vocab_only=True, verbose=False)
+    return vocab.tokenize(text.encode("utf-8"), add_bos=False, special=True)

@@ -1,0 +1,323 @@
+"""The chat history on real SQLite files: schema, chats, messages, settings, deletion, sharing."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import pytest
+
+from medgemma_desktop.history import MIGRATIONS, History, StreamingMessageWriter
+from medgemma_models.errors import MedGemmaError, StoreError
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "history.sqlite3"
+
+
+@pytest.fixture
+def history(db_path: Path):
+    with History(db_path) as opened:
+        yield opened
+
+
+def file_bytes(folder: Path) -> bytes:
+    """Everything SQLite keeps on disk for the database: main file, -wal and -shm."""
+    return b"".join(p.read_bytes() for p in sorted(folder.iterdir()) if p.name.startswith("history.sqlite3"))
+
+
+class SteppedClock:
+    """A clock the test moves by hand, so write timing is decided by the test, not the machine."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_new_database_uses_wal_and_records_migrations(db_path: Path, history: History) -> None:
+    assert history.applied_migrations() == [name for name, _ in MIGRATIONS]
+    raw = sqlite3.connect(db_path)
+    assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    tables = {row[0] for row in raw.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert {"migrations", "chats", "messages", "settings", "model_settings"} <= tables
+    raw.close()
+
+
+def test_reopening_applies_no_migration_twice(db_path: Path) -> None:
+    with History(db_path) as first:
+        chat = first.create_chat("kept")
+    with History(db_path) as again:
+        assert again.applied_migrations() == [name for name, _ in MIGRATIONS]
+        assert again.chat(chat).title == "kept"
+        assert again._query("SELECT count(*) AS n FROM migrations")[0]["n"] == len(MIGRATIONS)
+
+
+def test_connection_settings(history: History) -> None:
+    assert history._query("PRAGMA foreign_keys")[0][0] == 1
+    assert history._query("PRAGMA secure_delete")[0][0] == 1
+    assert history._query("PRAGMA busy_timeout")[0][0] >= 1000
+
+
+def test_default_file_is_in_the_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MEDGEMMA_HOME", str(tmp_path / "home"))
+    with History() as default:
+        default.create_chat()
+    assert (tmp_path / "home" / "history.sqlite3").is_file()
+
+
+def test_a_file_that_is_not_a_database_is_a_clear_error(tmp_path: Path) -> None:
+    bogus = tmp_path / "history.sqlite3"
+    bogus.write_bytes(b"this is a text file, not SQLite\n" * 200)
+    with pytest.raises(StoreError, match="not a usable chat history") as caught:
+        History(bogus)
+    assert isinstance(caught.value, MedGemmaError)
+    assert "\n" not in str(caught.value)
+
+
+def test_chats_are_listed_newest_first_and_renamed(history: History) -> None:
+    first = history.create_chat("First", model={"name": "gemma-3-270m"}, settings={"temperature": 0.2})
+    second = history.create_chat("Second")
+    assert [c.id for c in history.chats()] == [second, first]
+    history.add_message(first, "user", "a new message moves the chat to the top")
+    assert [c.id for c in history.chats()] == [first, second]
+    history.rename_chat(second, "Renamed")
+    summaries = {c.id: c for c in history.chats()}
+    assert summaries[second].title == "Renamed"
+    assert summaries[first].model_name == "gemma-3-270m"
+    assert summaries[second].model_name is None
+    assert history.chat_settings(first) == {"temperature": 0.2}
+    history.set_chat_settings(first, {"temperature": 0.9, "think": False})
+    assert history.chat_settings(first) == {"temperature": 0.9, "think": False}
+    history.set_chat_model(second, {"name": "other"})
+    assert history.chat(second).model_name == "other"
+    assert history.chat_model(second) == {"name": "other"}
+
+
+def test_search_matches_title_or_text_in_any_case(history: History) -> None:
+    fever = history.create_chat("Fever in a child")
+    rash = history.create_chat("Skin")
+    history.add_message(rash, "user", "A RASH on both arms after the Ärztin changed the cream")
+    history.add_message(rash, "model", "Possibly contact dermatitis.", reasoning="hidden thought about eczema")
+    assert [c.id for c in history.chats("fever")] == [fever]
+    assert [c.id for c in history.chats("rash on")] == [rash]
+    assert [c.id for c in history.chats("ärztin")] == [rash]  # non-ASCII case folding
+    assert [c.id for c in history.chats("DERMATITIS")] == [rash]
+    assert history.chats("no such words") == []
+    assert len(history.chats("   ")) == 2
+    assert history.chats("100%") == []  # LIKE wildcards mean nothing here
+
+
+def test_messages_round_trip(history: History) -> None:
+    chat = history.create_chat()
+    user = history.add_message(chat, "user", "What causes anaemia?")
+    answer = history.add_message(chat, "model", "", reasoning="", meta={"preset": "gemma-chat"}, complete=False)
+    history.update_message(answer, "Iron deficiency, most often.", "Think about common causes.")
+    stored = history.messages(chat)
+    assert [m.id for m in stored] == [user, answer]
+    assert stored[0].role == "user" and stored[0].complete and stored[0].meta == {}
+    model = stored[1]
+    assert model.text == "Iron deficiency, most often."
+    assert model.reasoning == "Think about common causes."
+    assert model.meta == {"preset": "gemma-chat"}  # meta=None keeps what was there
+    assert not model.complete
+    history.update_message(answer, model.text, model.reasoning, meta={"stats": {"generated_tokens": 7}}, complete=True)
+    final = history.message(answer)
+    assert final.complete and final.meta == {"stats": {"generated_tokens": 7}}
+    assert final.updated_at >= final.created_at
+
+
+def test_bad_roles_and_missing_rows(history: History) -> None:
+    chat = history.create_chat()
+    with pytest.raises(ValueError):
+        history.add_message(chat, "system", "no system role in Gemma")
+    with pytest.raises(StoreError):
+        history.chat(9999)
+    with pytest.raises(StoreError):
+        history.add_message(9999, "user", "to nowhere")
+    with pytest.raises(StoreError):
+        history.update_message(9999, "x", "")
+    with pytest.raises(StoreError):
+        history.rename_chat(9999, "x")
+
+
+def test_delete_messages_from_cuts_the_tail_of_one_chat(history: History) -> None:
+    chat, other = history.create_chat(), history.create_chat()
+    ids = [history.add_message(chat, role, f"m{i}") for i, role in enumerate(["user", "model"] * 3)]
+    kept_elsewhere = history.add_message(other, "user", "untouched")
+    history.delete_messages_from(ids[3])
+    assert [m.id for m in history.messages(chat)] == ids[:3]
+    assert [m.id for m in history.messages(other)] == [kept_elsewhere]
+    # New messages after a cut come after the ones kept.
+    again = history.add_message(chat, "model", "regenerated")
+    assert [m.id for m in history.messages(chat)] == [*ids[:3], again]
+
+
+def test_settings_are_json_values(history: History) -> None:
+    assert history.get_setting("notice_acknowledged") is None
+    assert history.get_setting("notice_acknowledged", False) is False
+    history.set_setting("notice_acknowledged", True)
+    history.set_setting("last_model", "/models/a.gguf")
+    history.set_setting("window", {"width": 900, "splitter": [200, 700]})
+    history.set_setting("last_model", "/models/b.gguf")
+    assert history.get_setting("notice_acknowledged") is True
+    assert history.get_setting("last_model") == "/models/b.gguf"
+    assert history.get_setting("window") == {"width": 900, "splitter": [200, 700]}
+    assert history.model_settings("abc123") is None
+    history.set_model_settings("abc123", {"temperature": 0.3, "n_ctx": 2048})
+    history.set_model_settings("abc123", {"temperature": 0.4, "n_ctx": 2048})
+    assert history.model_settings("abc123") == {"temperature": 0.4, "n_ctx": 2048}
+
+
+def test_delete_chat_removes_the_text_from_the_files(db_path: Path, history: History) -> None:
+    secret = "ZEBRA-PANCREAS-4711"
+    kept = history.create_chat("Kept chat")
+    history.add_message(kept, "user", "an unrelated question that stays")
+    chat = history.create_chat(f"Title {secret}")
+    history.add_message(chat, "user", f"My patient id is {secret}, what now? " * 20)
+    answer = history.add_message(chat, "model", "", complete=False)
+    writer = StreamingMessageWriter(history, answer, interval=0.0)
+    for i in range(30):  # many versions of the row, as a streaming answer leaves behind
+        writer.append(answer=f"{secret} piece {i}. ", reasoning=f"thinking about {secret} {i}. ")
+    writer.finish()
+    assert secret.encode() in file_bytes(db_path.parent)
+
+    history.delete_chat(chat)
+
+    assert secret.encode() not in file_bytes(db_path.parent)
+    assert [c.id for c in history.chats()] == [kept]
+    assert history.messages(chat) == []
+    assert history.messages(kept)[0].text == "an unrelated question that stays"
+
+
+def test_delete_chat_while_another_window_has_the_file_open(db_path: Path, history: History) -> None:
+    secret = "OKAPI-SPLEEN-0815"
+    with History(db_path) as other_window:
+        chat = other_window.create_chat("shared")
+        other_window.add_message(chat, "user", f"{secret} " * 50)
+        assert [c.id for c in history.chats()] == [chat]
+        history.delete_chat(chat)
+        assert other_window.chats() == []
+        assert secret.encode() not in file_bytes(db_path.parent)
+
+
+def test_two_histories_on_one_file_see_each_other(db_path: Path, history: History) -> None:
+    with History(db_path) as second:
+        chat = history.create_chat("from the first window")
+        second.add_message(chat, "user", "written by the second window")
+        history.add_message(chat, "model", "answered in the first")
+        assert [m.text for m in second.messages(chat)] == ["written by the second window", "answered in the first"]
+        assert [m.text for m in history.messages(chat)] == [m.text for m in second.messages(chat)]
+
+
+def test_a_second_process_writing_at_the_same_time(db_path: Path, history: History) -> None:
+    chat = history.create_chat("busy")
+    count = 150
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(
+                f"""
+                import sys
+                from pathlib import Path
+                from medgemma_desktop.history import History
+                h = History(Path({str(db_path)!r}))
+                print("ready", flush=True)
+                for i in range({count}):
+                    h.add_message({chat}, "model", f"child {{i}}")
+                    h.set_setting("child_progress", i)
+                h.close()
+                """
+            ),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stdout is not None
+    assert child.stdout.readline().strip() == "ready"
+    for i in range(count):
+        history.add_message(chat, "user", f"parent {i}")
+        history.chats("child")  # reads interleaved with the other process's writes
+    assert child.wait(timeout=120) == 0
+
+    texts = [m.text for m in history.messages(chat)]
+    assert sorted(t for t in texts if t.startswith("parent")) == sorted(f"parent {i}" for i in range(count))
+    assert [t for t in texts if t.startswith("child")] == [f"child {i}" for i in range(count)]
+    assert history.get_setting("child_progress") == count - 1
+    assert history._query("PRAGMA integrity_check")[0][0] == "ok"
+
+
+def test_writer_saves_once_the_interval_has_passed(db_path: Path, history: History) -> None:
+    chat = history.create_chat()
+    answer = history.add_message(chat, "model", "", complete=False)
+    clock = SteppedClock()
+    writer = StreamingMessageWriter(history, answer, interval=1.0, clock=clock)
+    with History(db_path) as reader:  # what another process would find after a crash
+        writer.append(reasoning="Fever and ")
+        clock.now = 0.5
+        writer.append(reasoning="cough.")
+        assert reader.message(answer).reasoning == ""
+        clock.now = 1.0
+        writer.append(answer="Likely a viral")
+        assert (reader.message(answer).reasoning, reader.message(answer).text) == ("Fever and cough.", "Likely a viral")
+        assert not reader.message(answer).complete
+        clock.now = 1.5
+        writer.append(answer=" infection.")
+        assert reader.message(answer).text == "Likely a viral"
+        clock.now = 2.2
+        writer.append()  # nothing new: nothing to write
+        assert writer.writes == 1
+        writer.flush()
+        assert reader.message(answer).text == "Likely a viral infection."
+        writer.finish(meta={"stats": {"finish_reason": "stop"}})
+        final = reader.message(answer)
+    assert final.complete
+    assert final.text == writer.text == "Likely a viral infection."
+    assert final.reasoning == writer.reasoning == "Fever and cough."
+    assert final.meta == {"stats": {"finish_reason": "stop"}}
+
+
+def test_a_stopped_answer_is_kept_incomplete(history: History) -> None:
+    chat = history.create_chat()
+    answer = history.add_message(chat, "model", "", meta={"model": {"name": "m"}}, complete=False)
+    writer = StreamingMessageWriter(history, answer, interval=60.0)
+    writer.append(answer="The first half")
+    writer.finish(complete=False)
+    stopped = history.message(answer)
+    assert stopped.text == "The first half"
+    assert not stopped.complete
+    assert stopped.meta == {"model": {"name": "m"}}
+
+
+def test_a_writer_thread_and_a_reading_thread_share_one_history(history: History) -> None:
+    chat = history.create_chat()
+    answer = history.add_message(chat, "model", "", complete=False)
+    writer = StreamingMessageWriter(history, answer, interval=0.0)
+    failures: list[BaseException] = []
+
+    def stream() -> None:
+        try:
+            for i in range(100):
+                writer.append(answer=f"{i} ")
+            writer.finish()
+        except BaseException as exc:  # surfaced below: a thread's exception is otherwise lost
+            failures.append(exc)
+
+    worker = threading.Thread(target=stream)
+    worker.start()
+    seen = []
+    while worker.is_alive():
+        seen.append(history.message(answer).text)
+    worker.join()
+    assert failures == []
+    final = history.message(answer).text
+    assert final == "".join(f"{i} " for i in range(100))
+    assert all(final.startswith(text) for text in seen)
+
