@@ -1,6 +1,6 @@
 """Session fixtures for the real Gemma-3-270M: its HF-format base and a random LoRA on it.
 
-Import them into a test module (`from real_fixtures import hf_base_270m, lora_270m`). The HF base
+They are imported once, in tests/convert/conftest.py, so that each is built once a session. The HF base
 takes about a minute to build, so it is cached in pytest's cache folder (.pytest_cache), keyed by
 the GGUF's sha256 and the layout version: later runs reuse it. `pytest --cache-clear` rebuilds it.
 """

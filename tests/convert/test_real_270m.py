@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from real_fixtures import hf_base_270m, lora_270m  # noqa: F401  (session fixtures)
 
 from medgemma_convert.verify import default_eval_text, tokenize
 

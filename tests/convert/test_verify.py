@@ -10,7 +10,6 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from real_fixtures import hf_base_270m, lora_270m  # noqa: F401  (session fixtures)
 from safetensors.torch import load_file
 from tiny import ALL_PROJECTIONS, make_adapter
 
