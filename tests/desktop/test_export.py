@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -98,7 +98,7 @@ def test_json_has_everything_a_program_needs(filled, real_model: dict) -> None:
     for stamp in stamps:
         assert stamp.endswith("Z")
         parsed = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
-        assert parsed.tzinfo is not None and parsed.utcoffset().total_seconds() == 0
+        assert parsed.tzinfo is not None and parsed.utcoffset() == timedelta(0)
     created = datetime.fromisoformat(messages[0]["created_at"].replace("Z", "+00:00"))
     assert abs(created.timestamp() - history.messages(chat)[0].created_at) < 1.0
 
