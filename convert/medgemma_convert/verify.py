@@ -212,14 +212,14 @@ def compare_rows(
     reference: np.ndarray, gguf: np.ndarray, targets: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Per position: KL(P_ref || P_gguf), same top-1, and each side's negative log-likelihood of the target."""
-    ref = _log_softmax(reference)
-    got = _log_softmax(gguf)
+    ref = log_softmax(reference)
+    got = log_softmax(gguf)
     kld = np.sum(np.exp(ref) * (ref - got), axis=1)
     picked = np.arange(len(targets)), targets
     return kld, ref.argmax(axis=1) == got.argmax(axis=1), -ref[picked], -got[picked]
 
 
-def _log_softmax(logits: np.ndarray) -> np.ndarray:
+def log_softmax(logits: np.ndarray) -> np.ndarray:
     """Row-wise log-softmax in float64: KLDs near 1e-5 need more than float32's rounding allows."""
     x = np.asarray(logits, dtype=np.float64)
     x = x - x.max(axis=1, keepdims=True)

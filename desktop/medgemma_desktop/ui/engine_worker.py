@@ -18,6 +18,7 @@ from PySide6.QtCore import QObject, Signal, Slot
 
 from medgemma_models.catalog import Preset
 from medgemma_models.errors import MedGemmaError
+from medgemma_models.files import sha256_file
 from medgemma_models.gguf_info import read_model_info
 from medgemma_models.store import default_model
 
@@ -71,6 +72,7 @@ class Loaded:
     info: Any
     n_ctx: int
     report: Any
+    sha256: str  # of the model file, for chats and exports
 
 
 @dataclass(frozen=True)
@@ -163,7 +165,9 @@ class EngineWorker(QObject):
         if self._engine is not None:
             self._engine.close()
         self._engine = engine
-        self.loaded.emit(Loaded(path=Path(path), info=engine.info, n_ctx=engine.n_ctx, report=report))
+        # Hashed here, off the UI thread: exports name the exact file that wrote the answers.
+        digest = sha256_file(path)
+        self.loaded.emit(Loaded(path=Path(path), info=engine.info, n_ctx=engine.n_ctx, report=report, sha256=digest))
 
     @Slot(object)
     def generate(self, request: GenerationRequest) -> None:

@@ -107,6 +107,7 @@ class MainWindow(QMainWindow):
         self.chat_id: int | None = None
         self.model_path: Path | None = None
         self.model_info: ModelInfo | None = None
+        self.model_sha256: str | None = None
         self.n_ctx = 0
         self.offload_text = ""
         self.loading = False
@@ -374,6 +375,7 @@ class MainWindow(QMainWindow):
         self._pending = None
         self.model_path = loaded.path
         self.model_info = loaded.info
+        self.model_sha256 = loaded.sha256
         self._infos[loaded.path] = loaded.info
         if self._fresh_settings:
             # First time with this file: the preset it was made for, from its provenance or the catalog.
@@ -595,7 +597,7 @@ class MainWindow(QMainWindow):
             self.cancel_edit()
         if self.chat_id is None:
             self.chat_id = self.history.create_chat(
-                chat_title(text), model=model_record(self.model_info), settings=self.settings_panel.values()
+                chat_title(text), model=model_record(self.model_info, self.model_sha256), settings=self.settings_panel.values()
             )
         message_id = self.history.add_message(self.chat_id, "user", text)
         card = self.chat_view.add_message(message_id, "user", "You")
@@ -610,7 +612,7 @@ class MainWindow(QMainWindow):
         assert self.chat_id is not None and self.model_info is not None
         panel = self.settings_panel
         messages = self.history.messages(self.chat_id)
-        self.history.set_chat_model(self.chat_id, model_record(self.model_info))
+        self.history.set_chat_model(self.chat_id, model_record(self.model_info, self.model_sha256))
         message_id = self.history.add_message(self.chat_id, "model", "", complete=False)
         card = self.chat_view.add_message(message_id, "model", self.model_info.name)
         self._stream = _Stream(
@@ -754,7 +756,7 @@ class MainWindow(QMainWindow):
 
     def _answer_meta(self, stream: _Stream, stats: Any) -> dict[str, Any]:
         meta: dict[str, Any] = {
-            "model": model_record(self.model_info) if self.model_info is not None else {},
+            "model": model_record(self.model_info, self.model_sha256) if self.model_info is not None else {},
             "settings": self.settings_panel.values(),
             "reasoning_tokens": stream.reasoning_tokens,
             "dropped_turns": stream.dropped_turns,
