@@ -20,7 +20,7 @@ from medgemma_models.files import sha256_file
 from . import hub
 from .base import ResolvedBase
 from .options import AdapterSpec
-from .safetensors_header import TensorEntry, read_header
+from .safetensors_header import FLOAT_DTYPES, TensorEntry, read_header
 from .tensor_names import text_model_name
 
 log = logging.getLogger(__name__)
@@ -194,6 +194,8 @@ def _map_targets(
         if any(t.name == name for t in targets):
             raise AdapterError(f"adapter {source}: {module} lands on base tensor {tensor.source} a second time")
         a, b = header[pair["A"]], header[pair["B"]]
+        if a.dtype not in FLOAT_DTYPES or b.dtype not in FLOAT_DTYPES:
+            raise AdapterError(f"adapter {source}: {module} is stored as {a.dtype}/{b.dtype}, not float32/float16/bfloat16")
         out_features, in_features = tensor.shape
         fits = len(a.shape) == 2 and len(b.shape) == 2 and a.shape[0] == b.shape[1]
         if not fits or a.shape[1] != in_features or b.shape[0] != out_features:

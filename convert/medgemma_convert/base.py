@@ -14,7 +14,7 @@ from typing import Any
 from medgemma_models.errors import ConversionError
 
 from . import hub
-from .safetensors_header import read_model_headers
+from .safetensors_header import FLOAT_DTYPES, TensorEntry, read_model_headers
 from .tensor_names import NameMap, is_norm
 from .vocab import Vocab, load_vocab
 
@@ -32,6 +32,7 @@ class BaseTensor:
     file: Path
     norm_shift: bool = False  # add 1 (Gemma RMSNorm weights stored as w, used as 1 + w)
     rows: int | None = None  # keep only the first rows (embedding rows beyond the vocabulary)
+    stored: TensorEntry | None = None  # where its bytes are in a safetensors file (None in a GGUF base)
 
 
 @dataclass(frozen=True)
@@ -104,11 +105,16 @@ def _resolve_hf(source: str, folder: Path) -> ResolvedBase:
         gguf_name = names.gguf_name(hf_name)
         if gguf_name is None:
             continue
+        if entry.dtype not in FLOAT_DTYPES:
+            raise ConversionError(
+                f"base in {folder} stores {hf_name} as {entry.dtype}, a quantized checkpoint (such as a "
+                "bitsandbytes 4-bit one): pass the 16-bit release it was made from; LoRA merges onto float weights"
+            )
         shape, rows = entry.shape, None
         if gguf_name == "token_embd.weight" and shape[0] > len(vocab.tokens):
             rows = len(vocab.tokens)  # llama.cpp's converter drops rows past the vocabulary too
             shape = (rows, *shape[1:])
-        tensors.append(BaseTensor(gguf_name, shape, hf_name, entry.file, is_norm(hf_name), rows))
+        tensors.append(BaseTensor(gguf_name, shape, hf_name, entry.file, is_norm(hf_name), rows, entry))
     embd = next((t for t in tensors if t.name == "token_embd.weight"), None)
     if embd is None:
         raise ConversionError(f"no embedding tensor (model.embed_tokens.weight) in {folder}")

@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-import contextlib
-from typing import Any
-
-import torch
+import numpy as np
 
 from .adapter import LoraTarget, ResolvedAdapter
+from .safetensors_header import read_header
 
 
 class AdapterWeights:
-    """Opens each adapter's safetensors once and reads A/B pairs on demand (they are small)."""
+    """Reads each adapter's header once and its A/B pairs on demand (they are small)."""
 
     def __init__(self, adapters: tuple[ResolvedAdapter, ...]) -> None:
-        from safetensors import safe_open
-
-        self._stack = contextlib.ExitStack()
-        self._files: list[Any] = [self._stack.enter_context(safe_open(str(a.weights), framework="pt")) for a in adapters]
+        self._headers = [read_header(a.weights) for a in adapters]
         self.adapters = adapters
         # base tensor name -> [(adapter index, target)] in the order the adapters were given
         self.by_tensor: dict[str, list[tuple[int, LoraTarget]]] = {}
@@ -28,19 +23,10 @@ class AdapterWeights:
     def targets(self, name: str) -> bool:
         return name in self.by_tensor
 
-    def apply(self, name: str, weight: torch.Tensor) -> torch.Tensor:
+    def apply(self, name: str, weight: np.ndarray) -> np.ndarray:
         """Add every adapter's delta for base tensor `name` to `weight` (float32, in place)."""
         for i, target in self.by_tensor.get(name, ()):
-            a = self._files[i].get_tensor(target.a_key).to(torch.float32)
-            b = self._files[i].get_tensor(target.b_key).to(torch.float32)
-            weight.addmm_(b, a, alpha=self.adapters[i].factor(target))
+            a = self._headers[i][target.a_key].read_rows()
+            b = self._headers[i][target.b_key].read_rows() * np.float32(self.adapters[i].factor(target))
+            weight += b @ a
         return weight
-
-    def close(self) -> None:
-        self._stack.close()
-
-    def __enter__(self) -> AdapterWeights:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

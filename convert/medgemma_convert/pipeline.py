@@ -8,18 +8,20 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from medgemma_models.errors import OutputError
-from medgemma_models.files import atomic_output
+from medgemma_models.files import atomic_output, sha256_file
 
 from . import CONVERTER_ID
 from .gguf_export import Provenance, write_gguf
 from .plan import ConversionPlan
 from .progress import Progress, no_progress
-from .quantize import quantize
+from .quantize import quantize_all
 from .report import StageRecorder, describe_output, write_report
 
 
@@ -35,7 +37,12 @@ def convert(plan: ConversionPlan, progress: Progress = no_progress) -> dict[str,
         preset=plan.preset,
         converter=CONVERTER_ID,
     )
+    # Each output is hashed and flushed to disk on a thread while the others are written (hashlib
+    # and fsync let go of the GIL); the fsync when it is renamed then has nothing left to do.
+    hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sha256")
+    hashes: dict[str, Future[str]] = {}
     with contextlib.ExitStack() as outputs:
+        outputs.callback(hasher.shutdown, cancel_futures=True)
         partials = {q: outputs.enter_context(atomic_output(p, options.force)) for q, p in plan.outputs.items()}
         source = partials.get(plan.intermediate)
         if source is None:
@@ -44,15 +51,25 @@ def convert(plan: ConversionPlan, progress: Progress = no_progress) -> dict[str,
             outputs.callback(source.unlink, missing_ok=True)
         with recorder.stage(f"merge+export {plan.intermediate}"), _naming_failures(plan.outputs.get(plan.intermediate, source)):
             write_gguf(plan.base, plan.adapters, source, plan.intermediate, provenance, progress)
-        for quant, partial in partials.items():
-            if quant == plan.intermediate:
-                continue
-            progress(f"quantize {quant}", 0, 1)
-            with recorder.stage(f"quantize {quant}"), _naming_failures(plan.outputs[quant]):
-                quantize(source, partial, quant)
-            progress(f"quantize {quant}", 1, 1)
-    with recorder.stage("hash outputs"):
-        described = [describe_output(path, quant) for quant, path in plan.outputs.items()]
+        if plan.intermediate in partials:
+            hashes[plan.intermediate] = hasher.submit(_hash_and_sync, source)
+        quantized = {q: p for q, p in partials.items() if q != plan.intermediate}
+        if quantized:
+            stage = "quantize " + "+".join(quantized)
+            counts = {q: (0, 1) for q in quantized}  # tensors done, total: one bar for all outputs
+
+            def advance(quant: str, done: int, total: int) -> None:
+                counts[quant] = (done, total)
+                progress(stage, sum(d for d, _ in counts.values()), sum(t for _, t in counts.values()))
+
+            def finished(quant: str) -> None:
+                hashes[quant] = hasher.submit(_hash_and_sync, quantized[quant])
+
+            with recorder.stage(stage):
+                quantize_all(source, quantized, advance, finished)
+        with recorder.stage("hash outputs"):
+            sha256 = {quant: future.result() for quant, future in hashes.items()}
+    described = [describe_output(path, quant, sha256[quant]) for quant, path in plan.outputs.items()]
     if options.verify:
         with recorder.stage("verify"):
             figures = _verify(plan, progress)
@@ -76,6 +93,13 @@ def convert(plan: ConversionPlan, progress: Progress = no_progress) -> dict[str,
     if options.report is not None:
         write_report(report, options.report, options.force)
     return report
+
+
+def _hash_and_sync(path: Path) -> str:
+    digest = sha256_file(path)
+    with open(path, "rb") as written:
+        os.fsync(written.fileno())
+    return digest
 
 
 @contextlib.contextmanager

@@ -61,14 +61,15 @@ class StageRecorder:
         return round(time.perf_counter() - self.started, 3)
 
 
-def describe_output(path: Path, quant: str) -> dict[str, Any]:
-    """What was really written: bytes, sha256, file type, tensor types and real bits per weight."""
+def describe_output(path: Path, quant: str, sha256: str | None = None) -> dict[str, Any]:
+    """What was really written: bytes, sha256 (computed unless given), file type, tensor types and
+    real bits per weight."""
     info = read_model_info(path)
     return {
         "path": str(path),
         "quant": quant,
         "bytes": info.file_size,
-        "sha256": sha256_file(path),
+        "sha256": sha256 or sha256_file(path),
         "file_type": info.file_type,
         "tensor_types": info.tensor_types,
         "bits_per_weight": round(info.bits_per_weight, 4),

@@ -7,6 +7,7 @@ with each merged token scored by its merge rank so llama.cpp's tokenizer merges 
 
 from __future__ import annotations
 
+import gc
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +52,18 @@ class Vocab:
 
 def load_vocab(folder: Path, vocab_size: int | None) -> Vocab:
     """The vocabulary of an HF folder; `vocab_size` (from config.json) pads or caps it like llama.cpp."""
+    # A quarter-million new strings and numbers set off Python's cycle collector over and over
+    # (half a second); none of them can form a cycle.
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _load_vocab(folder, vocab_size)
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _load_vocab(folder: Path, vocab_size: int | None) -> Vocab:
     if (folder / "tokenizer.model").is_file():
         tokens, scores, types = _sentencepiece(folder / "tokenizer.model", vocab_size)
         source = "tokenizer.model"

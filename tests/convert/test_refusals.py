@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from tiny import gemma3_config, make_adapter, make_model
 
@@ -146,6 +147,29 @@ def test_truncated_base_safetensors(tiny, out_dir, tmp_path):
     assert_refused("truncated safetensors file", base, out_dir)
 
 
+def test_quantized_base_checkpoint(tiny, out_dir, tmp_path):
+    # A bitsandbytes 4-bit base stores packed uint8 weights; QLoRA users sometimes pass it.
+    from safetensors.numpy import load_file, save_file
+
+    base = tmp_path / "4bit"
+    shutil.copytree(tiny.base("gemma3"), base)
+    weights = load_file(base / "model.safetensors")
+    name = "model.layers.0.self_attn.q_proj.weight"
+    weights[name] = weights[name].view(np.uint8)[:, ::8].copy()
+    save_file(weights, base / "model.safetensors")
+    message = assert_refused(f"stores {name} as U8, a quantized checkpoint", base, out_dir)
+    assert "pass the 16-bit release" in message
+
+
+def test_adapter_weights_not_float(tiny, out_dir, tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    adapter = copy_adapter(tiny.adapter("gemma3", "qv"), tmp_path / "int")
+    weights = {k: v.astype(np.int32) for k, v in load_file(adapter / "adapter_model.safetensors").items()}
+    save_file(weights, adapter / "adapter_model.safetensors")
+    assert_refused("is stored as I32/I32, not float32/float16/bfloat16", tiny.base("gemma3"), out_dir, [adapter])
+
+
 def test_pickled_adapter_bin(tiny, out_dir, tmp_path):
     import torch
     from safetensors.torch import load_file
@@ -219,28 +243,32 @@ def test_no_disk_space_leaves_nothing(tiny, out_dir):
     assert list(out_dir.iterdir()) == []
 
 
-def test_interrupt_leaves_nothing(tiny, out_dir):
-    # Ctrl-C in the middle of writing tensors: SIGINT is sent from the progress callback itself,
-    # so it lands while the file is half written, every time.
+@pytest.mark.parametrize("signal_name", ["SIGINT", "SIGTERM"])  # Ctrl-C; Cancel in the desktop app
+@pytest.mark.parametrize("stage", ["export", "quantize"])
+def test_interrupt_leaves_nothing(tiny, out_dir, signal_name, stage):
+    # The signal is sent from the progress callback itself, so it lands while files are half
+    # written, every time: the f16 export, or the quantizers running on their own threads.
     script = (
         "import os, signal, sys\n"
         "from medgemma_convert import progress\n"
         "shown = progress.JsonLines.__call__\n"
         "def interrupting(self, stage, done, total):\n"
         "    shown(self, stage, done, total)\n"
-        "    if stage.startswith('export') and done == 3:\n"
-        "        os.kill(os.getpid(), signal.SIGINT)\n"
+        f"    if stage.startswith({stage!r}) and done >= {3 if stage == 'export' else 1}:\n"
+        f"        os.kill(os.getpid(), signal.{signal_name})\n"
         "progress.JsonLines.__call__ = interrupting\n"
         "from medgemma_convert.cli import main\n"
         "sys.exit(main(sys.argv[1:]))\n"
     )
     result = subprocess.run(
         [sys.executable, "-c", script, "--base", str(tiny.base("gemma3")), "--out", str(out_dir / "model.gguf"),
-         "--quant", "f16,q8_0", "--progress", "json"],
+         "--quant", "f16,q8_0,q4_k_m", "--progress", "json"],
         capture_output=True, text=True,
     )
     assert result.returncode == 130, result.stderr
     assert "interrupted" in result.stderr
+    stages = [json.loads(line)["stage"] for line in result.stdout.splitlines()]
+    assert any(s.startswith(stage) for s in stages)
     assert list(out_dir.iterdir()) == []
 
 
