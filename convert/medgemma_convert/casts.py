@@ -20,6 +20,7 @@ import numpy as np
 _Row = Callable[[int, int, int], None]  # (source address, target address, element count)
 # Arrays this large are split across the cores; ctypes lets go of the GIL during each call.
 _SPLIT_ELEMENTS = 1 << 20
+_CORES = os.cpu_count() or 1
 
 
 # What each conversion calls: ggml-cpu's float16 converter is vectorised, ggml-base's is not
@@ -51,7 +52,7 @@ def _convert(conversion: str, source: np.ndarray, dtype: type) -> np.ndarray | N
         return None
     source = np.ascontiguousarray(source)
     target = np.empty(source.shape, dtype)
-    n, parts = source.size, min(_pool()._max_workers, 1 + source.size // _SPLIT_ELEMENTS)
+    n, parts = source.size, min(_CORES, 1 + source.size // _SPLIT_ELEMENTS)
     bounds = [n * i // parts for i in range(parts + 1)]
 
     def run(i: int) -> None:
@@ -64,7 +65,7 @@ def _convert(conversion: str, source: np.ndarray, dtype: type) -> np.ndarray | N
 
 @functools.cache
 def _pool() -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="cast")
+    return ThreadPoolExecutor(max_workers=_CORES, thread_name_prefix="cast")
 
 
 def bf16_to_f32(bits: np.ndarray) -> np.ndarray:

@@ -69,13 +69,13 @@ class QuantizerLog:
             llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
 
 
-def quantize(source: Path, target: Path, quant: str, log: QuantizerLog | None = None, threads: int | None = None) -> None:
+def quantize(source: Path, target: Path, quant: str, log: QuantizerLog | None = None) -> None:
     """Write `source` (f32/f16/bf16 GGUF) quantized to `quant` (e.g. "q8_0") at `target`."""
     import llama_cpp
 
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, LLAMA_FTYPES[quant])
-    params.nthread = threads or os.cpu_count() or 1
+    params.nthread = os.cpu_count() or 1
     params.max_buf_size = SLAB_BYTES
     with contextlib.ExitStack() as stack:
         log = log or stack.enter_context(QuantizerLog().installed())

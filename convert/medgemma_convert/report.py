@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from medgemma_models.files import atomic_output, sha256_file
+from medgemma_models.files import atomic_output
 from medgemma_models.gguf_info import read_model_info
 
 _CLEAR_REFS = Path("/proc/self/clear_refs")
@@ -61,15 +61,14 @@ class StageRecorder:
         return round(time.perf_counter() - self.started, 3)
 
 
-def describe_output(path: Path, quant: str, sha256: str | None = None) -> dict[str, Any]:
-    """What was really written: bytes, sha256 (computed unless given), file type, tensor types and
-    real bits per weight."""
+def describe_output(path: Path, quant: str, sha256: str) -> dict[str, Any]:
+    """What was really written: bytes, sha256, file type, tensor types and real bits per weight."""
     info = read_model_info(path)
     return {
         "path": str(path),
         "quant": quant,
         "bytes": info.file_size,
-        "sha256": sha256 or sha256_file(path),
+        "sha256": sha256,
         "file_type": info.file_type,
         "tensor_types": info.tensor_types,
         "bits_per_weight": round(info.bits_per_weight, 4),
