@@ -38,8 +38,8 @@ _CONVERT_BIN = (
 class LoraTarget:
     name: str  # GGUF name of the base tensor it changes
     module: str  # the module path in the adapter, for messages
-    a_key: str
-    b_key: str
+    a: TensorEntry  # lora_A, where its bytes are
+    b: TensorEntry  # lora_B
     rank: int
     alpha: float
 
@@ -204,7 +204,7 @@ def _map_targets(
                 f"against base tensor {tensor.source} {tensor.shape}"
             )
         alpha = float(_pattern_value(config.get("alpha_pattern") or {}, module, config.get("lora_alpha", 8)))
-        targets.append(LoraTarget(name, module, pair["A"], pair["B"], a.shape[0], alpha))
+        targets.append(LoraTarget(name, module, a, b, a.shape[0], alpha))
     if skipped:
         warnings.append(f"adapter {source}: {skipped} vision-tower module(s) skipped (only the text model is exported)")
     return tuple(targets)

@@ -62,7 +62,8 @@ def _inspect_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     # The desktop app's Cancel sends SIGTERM: clean up as for Ctrl-C, leaving no .partial files.
-    previous = signal.signal(signal.SIGTERM, _interrupt) if threading.current_thread() is threading.main_thread() else None
+    _stop.clear()
+    previous = signal.signal(signal.SIGTERM, _terminated) if threading.current_thread() is threading.main_thread() else None
     try:
         return _main(list(sys.argv[1:] if argv is None else argv))
     finally:
@@ -70,8 +71,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             signal.signal(signal.SIGTERM, previous)
 
 
-def _interrupt(_signum: int, _frame: object) -> None:
-    raise KeyboardInterrupt
+_stop = threading.Event()
+
+
+def _terminated(_signum: int, _frame: object) -> None:
+    # Only noted here: raised from a signal handler, KeyboardInterrupt can land inside a C call
+    # and come out as a SystemError. It is raised at the next progress report instead.
+    _stop.set()
+
+
+def _stopping(progress: Progress) -> Progress:
+    def report(stage: str, done: int, total: int) -> None:
+        if _stop.is_set():
+            raise KeyboardInterrupt
+        progress(stage, done, total)
+
+    return report
 
 
 def _main(args: list[str]) -> int:
@@ -133,18 +148,16 @@ def _convert(args: argparse.Namespace, json_lines: JsonLines | None) -> None:
         eval_text=args.eval_text.absolute() if args.eval_text else None,
         report=args.report.absolute() if args.report else None, force=args.force,
     )
-    if json_lines is not None:
-        json_lines("plan", 0, 1)
-    the_plan = plan(options)
-    for warning in the_plan.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
-    if json_lines is not None:
-        json_lines("plan", 1, 1)
-    from .pipeline import convert  # llama.cpp loads here
-
     bar = TextBar() if args.progress == "bar" else None
-    progress: Progress = json_lines or bar or no_progress
+    progress = _stopping(json_lines or bar or no_progress)
     try:
+        progress("plan", 0, 1)
+        the_plan = plan(options)
+        for warning in the_plan.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+        progress("plan", 1, 1)
+        from .pipeline import convert  # llama.cpp loads here
+
         report = convert(the_plan, progress)
     finally:
         if bar is not None:

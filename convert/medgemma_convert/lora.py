@@ -5,14 +5,12 @@ from __future__ import annotations
 import numpy as np
 
 from .adapter import LoraTarget, ResolvedAdapter
-from .safetensors_header import read_header
 
 
 class AdapterWeights:
-    """Reads each adapter's header once and its A/B pairs on demand (they are small)."""
+    """Reads adapters' A/B pairs on demand (they are small), where planning found them."""
 
     def __init__(self, adapters: tuple[ResolvedAdapter, ...]) -> None:
-        self._headers = [read_header(a.weights) for a in adapters]
         self.adapters = adapters
         # base tensor name -> [(adapter index, target)] in the order the adapters were given
         self.by_tensor: dict[str, list[tuple[int, LoraTarget]]] = {}
@@ -26,7 +24,6 @@ class AdapterWeights:
     def apply(self, name: str, weight: np.ndarray) -> np.ndarray:
         """Add every adapter's delta for base tensor `name` to `weight` (float32, in place)."""
         for i, target in self.by_tensor.get(name, ()):
-            a = self._headers[i][target.a_key].read_rows()
-            b = self._headers[i][target.b_key].read_rows() * np.float32(self.adapters[i].factor(target))
-            weight += b @ a
+            b = target.b.read_rows() * np.float32(self.adapters[i].factor(target))
+            weight += b @ target.a.read_rows()
         return weight
