@@ -15,7 +15,9 @@ from functools import partial
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-os.environ["HF_HUB_OFFLINE"] = "1"
+from medgemma_models.offline import go_offline  # noqa: E402
+
+go_offline()
 os.environ.setdefault("MEDGEMMA_HOME", tempfile.mkdtemp(prefix="medgemma-screenshot-"))
 sys.path.insert(0, str(ROOT / "tests" / "desktop"))
 
@@ -24,9 +26,13 @@ from PySide6.QtWidgets import QApplication  # noqa: E402
 from scripted_engine import ScriptedEngine  # noqa: E402
 
 from medgemma_desktop.history import History  # noqa: E402
+from medgemma_desktop.library import model_key  # noqa: E402
+from medgemma_desktop.ui.convert_dialog import ConvertDialog  # noqa: E402
+from medgemma_desktop.ui.dialogs import ErrorDialog, NoticeDialog, problem_box  # noqa: E402
 from medgemma_desktop.ui.main_window import NOTICE_SETTING, MainWindow  # noqa: E402
 
 OUT = ROOT / "docs" / "screenshot.png"
+DIALOGS = ROOT / "docs" / "dialogs"  # looked at by hand: every dialog must follow the app's theme
 
 EARLIER_CHATS = ["Iron deficiency and fatigue", "Reading a lipid panel", "Migraine vs tension headache"]
 FIRST_QUESTION = "A 34-year-old has had a dry cough, fever of 38.9 °C and aching muscles for two days. What is most likely?"
@@ -57,6 +63,30 @@ def pump(ms: int) -> None:
     loop.exec()
 
 
+def shoot_dialogs(window: MainWindow) -> bool:
+    """The first-start notice, Convert… and two error dialogs, each as it shows over the window."""
+    DIALOGS.mkdir(parents=True, exist_ok=True)
+    shots = {
+        "notice": NoticeDialog(window),
+        "convert": ConvertDialog(window),
+        "unexpected-error": ErrorDialog("RuntimeError: something odd happened",
+                                        "Traceback (most recent call last):\n  ...\nRuntimeError: something odd happened",
+                                        window),
+        "problem": problem_box(window, "Cannot open this model", "notes.gguf is not a GGUF file (it starts with "
+                               "b'this', not b'GGUF')"),
+    }
+    for name, dialog in shots.items():
+        dialog.show()
+        pump(150)
+        path = DIALOGS / f"{name}.png"
+        if not dialog.grab().save(str(path)):
+            print(f"could not write {path}", file=sys.stderr)
+            return False
+        dialog.close()
+        print(f"wrote {path}")
+    return True
+
+
 def main() -> int:
     app = QApplication.instance() or QApplication(sys.argv)
     app.setStyle("Fusion")
@@ -74,12 +104,12 @@ def main() -> int:
     window = MainWindow(history, partial(ScriptedEngine, script=SECOND_SCRIPT, delay=0.015))
     window.resize(1600, 940)
     window.show()
-    window.history.set_model_settings(window._model_key(None), {"preset": "medical-cot-270m", "temperature": 0.6})
+    window.history.set_model_settings(model_key(None), {"preset": "medical-cot-270m", "temperature": 0.6})
     loop = QEventLoop()
     window.model_loaded.connect(loop.quit)
-    window.choose_model(None)
+    window.models.choose_model(None)
     loop.exec()
-    window.open_chat(chat)
+    window.chats.open_chat(chat)
     window.composer.set_text(SECOND_QUESTION)
     loop = QEventLoop()
     window.answer_finished.connect(loop.quit)
@@ -96,6 +126,8 @@ def main() -> int:
         print(f"could not write {OUT}", file=sys.stderr)
         return 1
     print(f"wrote {OUT}")
+    if not shoot_dialogs(window):
+        return 1
     window.shutdown()
     history.close()
     return 0

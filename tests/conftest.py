@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from medgemma_models.offline import go_offline
+
 # Before anything imports Qt or huggingface_hub.
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-os.environ["HF_HUB_OFFLINE"] = "1"
+go_offline()
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 

@@ -5,8 +5,6 @@ Only headers are read here; the weights are loaded by `lora.py` during the merge
 
 from __future__ import annotations
 
-import json
-import logging
 import math
 import re
 from dataclasses import dataclass
@@ -19,11 +17,12 @@ from medgemma_models.files import sha256_file
 
 from . import hub
 from .base import ResolvedBase
+from .json_input import read_json_object
 from .options import AdapterSpec
+from .progress import Progress, no_progress
 from .safetensors_header import FLOAT_DTYPES, TensorEntry, read_header
 from .tensor_names import text_model_name
 
-log = logging.getLogger(__name__)
 
 _PREFIX = "base_model.model."
 _A, _B = ".lora_A.weight", ".lora_B.weight"
@@ -32,6 +31,9 @@ _CONVERT_BIN = (
     "python -c \"import torch; from safetensors.torch import save_file; "
     "save_file(torch.load('adapter_model.bin', weights_only=True), 'adapter_model.safetensors')\""
 )
+_PEFT_DEFAULT_R = _PEFT_DEFAULT_ALPHA = 8
+# A rank_pattern / alpha_pattern key made only of these is a module path: its dots are separators.
+_PLAIN_KEY = re.compile(r"[\w.]+")
 
 
 @dataclass(frozen=True)
@@ -46,7 +48,7 @@ class LoraTarget:
 
 @dataclass(frozen=True)
 class ResolvedAdapter:
-    id: str  # as given: folder path or hub repo id
+    id: str  # folder path as given, or hub repo id (owner/name)
     folder: Path
     weights: Path  # adapter_model.safetensors
     scale: float  # the user's multiplier (--adapter PATH:SCALE)
@@ -66,25 +68,32 @@ class ResolvedAdapter:
                 "alpha": self.alpha, "rslora": self.rslora}
 
 
-def resolve_adapter(spec: AdapterSpec, base: ResolvedBase, warnings: list[str]) -> ResolvedAdapter:
+def resolve_adapter(
+    spec: AdapterSpec, base: ResolvedBase, warnings: list[str], progress: Progress = no_progress
+) -> ResolvedAdapter:
     """Find the adapter and check every tensor against the base; any misfit raises AdapterError."""
-    folder = Path(spec.source).expanduser()
-    if not folder.exists():
-        if not hub.is_repo_id(spec.source):
-            raise AdapterError(f"adapter not found: {spec.source} (a PEFT folder or a hub repo id)")
-        folder = hub.fetch(spec.source, hub.ADAPTER_FILES, "--adapter")
+    if not math.isfinite(spec.scale):
+        raise AdapterError(f"--adapter {spec.source}: the scale {spec.scale} is not a finite number")
+    source, repo = spec.source, hub.repo_id(spec.source)
+    if repo is not None:
+        source, folder = repo, hub.fetch(repo, hub.ADAPTER_FILES, "--adapter", progress)
+    else:
+        folder = Path(source).expanduser()
+        if not folder.exists():
+            raise AdapterError(f"adapter not found: {source} (a PEFT folder){hub.download_hint(source)}")
     if not folder.is_dir():
-        raise AdapterError(f"adapter {spec.source} is not a folder (expected adapter_config.json + adapter_model.safetensors)")
+        raise AdapterError(f"adapter {source} is not a folder (expected adapter_config.json + adapter_model.safetensors)")
     config = _read_config(folder)
     weights = _weights_file(folder)
     header = read_header(weights)
-    _check_config(spec.source, config, header)
-    _check_base_identity(spec.source, config.get("base_model_name_or_path"), base, warnings)
-    targets = _map_targets(spec.source, config, header, base, warnings)
+    _check_config(source, config, header)
+    _check_base_identity(source, config.get("base_model_name_or_path"), base, warnings)
+    targets = _map_targets(source, config, header, base, warnings)
     return ResolvedAdapter(
-        id=spec.source, folder=folder, weights=weights, scale=spec.scale,
-        r=int(config.get("r", 8)), alpha=float(config.get("lora_alpha", 8)), rslora=bool(config.get("use_rslora")),
-        sha256=sha256_file(weights), base_model=config.get("base_model_name_or_path"), targets=targets,
+        id=source, folder=folder, weights=weights, scale=spec.scale,
+        r=config.get("r", _PEFT_DEFAULT_R), alpha=float(config.get("lora_alpha", _PEFT_DEFAULT_ALPHA)),
+        rslora=config.get("use_rslora", False), sha256=sha256_file(weights),
+        base_model=config.get("base_model_name_or_path"), targets=targets,
     )
 
 
@@ -92,13 +101,7 @@ def _read_config(folder: Path) -> dict[str, Any]:
     path = folder / "adapter_config.json"
     if not path.is_file():
         raise AdapterError(f"{folder} is not a PEFT adapter folder (no adapter_config.json)")
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise AdapterError(f"corrupt {path}: {exc}") from exc
-    if not isinstance(config, dict):
-        raise AdapterError(f"corrupt {path}: not a JSON object")
-    return config
+    return read_json_object(path, AdapterError)
 
 
 def _weights_file(folder: Path) -> Path:
@@ -139,6 +142,34 @@ def _check_config(source: str, config: dict[str, Any], header: dict[str, TensorE
             raise AdapterError(f"adapter {source} {what} ({key}); only LoRA deltas on linear layers can be merged")
     if config.get("lora_bias"):
         raise AdapterError(f"adapter {source} trains biases (lora_bias); Gemma has no biases to merge them into")
+    _check_numbers(source, config)
+
+
+def _is_rank(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _is_finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_numbers(source: str, config: dict[str, Any]) -> None:
+    """r, lora_alpha and their per-module patterns: the merge divides by the rank and multiplies by alpha."""
+    where = f"adapter {source}: adapter_config.json"
+    r, alpha = config.get("r", _PEFT_DEFAULT_R), config.get("lora_alpha", _PEFT_DEFAULT_ALPHA)
+    if not _is_rank(r):
+        raise AdapterError(f"{where} gives r as {r!r}, not a whole number above 0")
+    if not _is_finite(alpha):
+        raise AdapterError(f"{where} gives lora_alpha as {alpha!r}, not a finite number")
+    if not isinstance(config.get("use_rslora", False), bool):
+        raise AdapterError(f"{where} gives use_rslora as {config['use_rslora']!r}, not true or false")
+    for field, valid, what in (("rank_pattern", _is_rank, "a whole number above 0"), ("alpha_pattern", _is_finite, "a finite number")):
+        patterns = config.get(field) or {}
+        if not isinstance(patterns, dict):
+            raise AdapterError(f"{where} gives {field} as {patterns!r}, not an object")
+        for key, value in patterns.items():
+            if not valid(value):
+                raise AdapterError(f"{where} gives {field}[{key!r}] as {value!r}, not {what}")
 
 
 def _check_base_identity(source: str, declared: str | None, base: ResolvedBase, warnings: list[str]) -> None:
@@ -157,12 +188,52 @@ def _check_base_identity(source: str, declared: str | None, base: ResolvedBase, 
     warnings.append(f"adapter {source} was trained on {declared}, not {base.id}; its tensors fit, so it is merged anyway")
 
 
-def _pattern_value(patterns: dict[str, Any], module: str, default: Any) -> Any:
-    # PEFT's rank_pattern / alpha_pattern: a key matches the module name or its dotted suffix.
-    for key, value in patterns.items():
-        if re.fullmatch(rf"(.*\.)?{key}", module):
-            return value
-    return default
+def _compile_patterns(source: str, config: dict[str, Any], field: str) -> list[tuple[re.Pattern[str], Any]]:
+    r"""PEFT's rank_pattern / alpha_pattern keys as PEFT matches them: re.match(rf"(.*\.)?({key})$", module).
+
+    A key made only of names and dots is a module path, matched literally (PEFT's regex reads its
+    dots as any character, which no real module name can tell apart). Any other key is a regular
+    expression, as in PEFT, but one that cannot compile, repeats a group or has more than two
+    open-ended repeats is refused: matching those can take exponential time on a crafted config.
+    """
+    compiled = []
+    for key, value in (config.get(field) or {}).items():
+        where = f"adapter {source}: adapter_config.json {field} key {key!r}"
+        plain = _PLAIN_KEY.fullmatch(key) is not None
+        if not plain and (len(key) > 256 or _costly_regex(key)):
+            raise AdapterError(f"{where} repeats a group or has over two open-ended repeats; write the module names out")
+        try:
+            compiled.append((re.compile(rf"(.*\.)?({re.escape(key) if plain else key})$"), value))
+        except re.error as exc:
+            raise AdapterError(f"{where} is not a valid regular expression ({exc})") from None
+    return compiled
+
+
+def _costly_regex(pattern: str) -> bool:
+    """A quantifier on a group, or more than two unbounded repeats: backtracking that can explode."""
+    unbounded, in_class, after_group, i = 0, False, False, 0
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "\\":
+            i, after_group = i + 2, False
+            continue
+        if in_class:
+            in_class = c != "]"
+        elif c == "[":
+            in_class = True
+        elif c in "*+{":
+            if after_group:
+                return True
+            if c != "{" or re.match(r"\{\d*,\}", pattern[i:]):
+                unbounded += 1
+        after_group = c == ")" and not in_class
+        i += 1
+    return unbounded > 2
+
+
+def _pattern_value(patterns: list[tuple[re.Pattern[str], Any]], module: str, default: Any) -> Any:
+    # As PEFT's get_pattern_key: the first key (in the file's order) that matches wins.
+    return next((value for pattern, value in patterns if pattern.match(module)), default)
 
 
 def _map_targets(
@@ -178,6 +249,8 @@ def _map_targets(
             raise AdapterError(f"adapter {source} has tensor {key}, which is not a LoRA A/B weight")
     if not modules:
         raise AdapterError(f"adapter {source} holds no LoRA tensors")
+    rank_patterns = _compile_patterns(source, config, "rank_pattern")
+    alpha_patterns = _compile_patterns(source, config, "alpha_pattern")
     targets = []
     skipped = 0
     for key_module, pair in sorted(modules.items()):
@@ -203,8 +276,15 @@ def _map_targets(
                 f"adapter {source}: {module} does not fit the base: lora_A {a.shape} x lora_B {b.shape} "
                 f"against base tensor {tensor.source} {tensor.shape}"
             )
-        alpha = float(_pattern_value(config.get("alpha_pattern") or {}, module, config.get("lora_alpha", 8)))
-        targets.append(LoraTarget(name, module, a, b, a.shape[0], alpha))
+        rank = _pattern_value(rank_patterns, module, config.get("r", _PEFT_DEFAULT_R))
+        if a.shape[0] != rank:
+            # PEFT would refuse to load it; here the scale alpha / r would silently be wrong.
+            raise AdapterError(
+                f"adapter {source}: {module} has rank {a.shape[0]} in adapter_model.safetensors, "
+                f"but adapter_config.json gives it rank {rank}"
+            )
+        alpha = float(_pattern_value(alpha_patterns, module, config.get("lora_alpha", _PEFT_DEFAULT_ALPHA)))
+        targets.append(LoraTarget(name, module, a, b, rank, alpha))
     if skipped:
         warnings.append(f"adapter {source}: {skipped} vision-tower module(s) skipped (only the text model is exported)")
     return tuple(targets)

@@ -12,7 +12,6 @@ import functools
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import gguf
 import numpy as np
@@ -25,7 +24,7 @@ _CORES = os.cpu_count() or 1
 
 # What each conversion calls: ggml-cpu's float16 converter is vectorised, ggml-base's is not
 # (the other way round for bfloat16, where ggml-base's plain loop is the faster).
-_GGML_ROWS = {
+GGML_ROWS = {
     "bf16_to_f32": ("ggml-base", "ggml_bf16_to_fp32_row"),
     "f32_to_f16": ("ggml-cpu", "ggml_cpu_fp32_to_fp16"),
     "f32_to_bf16": ("ggml-base", "ggml_fp32_to_bf16_row"),
@@ -33,13 +32,12 @@ _GGML_ROWS = {
 
 
 @functools.cache
-def _ggml_row(conversion: str) -> _Row | None:
-    library, symbol = _GGML_ROWS[conversion]
+def ggml_row(conversion: str) -> _Row | None:
+    library, symbol = GGML_ROWS[conversion]
     try:
-        import llama_cpp
-        from llama_cpp._ctypes_extensions import load_shared_library
+        from medgemma_models.llama_cpp_compat import load_ggml_library
 
-        function = getattr(load_shared_library(library, Path(llama_cpp.__file__).parent / "lib"), symbol)
+        function = getattr(load_ggml_library(library), symbol)
     except (ImportError, OSError, AttributeError, RuntimeError):
         return None
     function.argtypes, function.restype = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64], None
@@ -47,7 +45,7 @@ def _ggml_row(conversion: str) -> _Row | None:
 
 
 def _convert(conversion: str, source: np.ndarray, dtype: type) -> np.ndarray | None:
-    row = _ggml_row(conversion)
+    row = ggml_row(conversion)
     if row is None:
         return None
     source = np.ascontiguousarray(source)

@@ -1,7 +1,8 @@
 """medgemma-convert: a thin command line over plan() and convert().
 
 Libraries load only when needed: `--help` loads none, a conversion numpy and llama.cpp, and only
-`--verify` loads torch, transformers and peft.
+the check of the outputs (quick by default, `--verify` for the full one) loads torch,
+transformers and peft; `--no-verify` skips it.
 """
 
 from __future__ import annotations
@@ -16,16 +17,26 @@ import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from medgemma_models.errors import MedGemmaError
+from medgemma_models.quants import TENSOR_TYPES
 
 from . import __version__
-from .progress import JsonLines, Progress, TextBar, no_progress
+from .progress import JsonLines, Progress, ProgressEvent, TextBar, no_progress
 from .quants import VALID
+
+DEBUG_VARIABLE = "MEDGEMMA_DEBUG"  # set: unexpected errors show their traceback
 
 EPILOG = """\
 other command:
   medgemma-convert inspect FILE.gguf [--json]   show what a GGUF file holds
+  medgemma-convert lora --base BASE --adapter DIR[:SCALE]... --out ADAPTER.gguf
+                                                 write PEFT LoRA adapters as one GGUF adapter (unmerged)
+  medgemma-convert export-hf MODEL.gguf OUT_DIR  write a GGUF model as a Hugging Face folder
 
 outputs: one --quant writes exactly OUT; several (e.g. f16,q8_0) write OUT-f16.gguf, OUT-q8_0.gguf beside it.
+downloads: only a source written hub:OWNER/NAME is fetched from the Hugging Face hub (into its cache, HF_TOKEN
+  honoured); a plain OWNER/NAME is a local path, and one that does not exist is an error.
+exit status: 0 done, 2 refused (one line says why; nothing written), 130 interrupted, 1 unexpected error
+  (set MEDGEMMA_DEBUG=1 for its traceback).
 """
 
 
@@ -37,16 +48,32 @@ def _convert_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--version", action="version", version=f"medgemma-convert {__version__}")
-    p.add_argument("--base", required=True, help="Hugging Face folder, hub repo id, or GGUF file")
+    p.add_argument("--base", required=True,
+                   help="Hugging Face folder, GGUF file, or hub:OWNER/NAME to download from the Hugging Face hub")
     p.add_argument("--adapter", action="append", default=[], metavar="PATH[:SCALE]",
-                   help="PEFT LoRA folder or hub repo id, optionally with a scale; repeatable")
+                   help="PEFT LoRA folder or hub:OWNER/NAME, optionally with a scale; repeatable")
     p.add_argument("--out", required=True, type=Path, metavar="OUT.gguf")
     p.add_argument("--quant", default="f16", metavar="TYPE[,TYPE...]", help=f"one or more of: {', '.join(VALID)} (default f16)")
     p.add_argument("--preset", help="prompt preset recorded in the file (default: found in the catalog)")
     p.add_argument("--name", help="general.name of the model")
     p.add_argument("--license", help="general.license of the model")
-    p.add_argument("--verify", action="store_true", help="compare every output with transformers on an evaluation text")
-    p.add_argument("--eval-text", type=Path, metavar="FILE", help="evaluation text for --verify (default: shipped medical text)")
+    checks = p.add_mutually_exclusive_group()
+    checks.add_argument("--verify", dest="verify", action="store_const", const="full", default="quick",
+                        help="compare every output with transformers on the whole evaluation text "
+                             "(default: a quick check on its first few hundred tokens)")
+    checks.add_argument("--no-verify", dest="verify", action="store_const", const="none",
+                        help="skip the check (it needs the convert extra: torch, transformers, peft)")
+    p.add_argument("--eval-text", type=Path, metavar="FILE", help="evaluation text for the check (default: shipped medical text)")
+    p.add_argument("--imatrix", metavar="auto|FILE",
+                   help="importance matrix for quantized outputs: 'auto' computes it on a shipped medical text, "
+                        "or a file from llama-imatrix (GGUF or .dat)")
+    p.add_argument("--calibration-text", type=Path, metavar="FILE", help="with --imatrix auto: your own text as well")
+    p.add_argument("--save-imatrix", type=Path, metavar="FILE.gguf", help="keep the importance matrix (llama.cpp's format)")
+    p.add_argument("--output-type", type=str.lower, metavar="TYPE", help=f"type of the output matrix: {', '.join(TENSOR_TYPES)}")
+    p.add_argument("--embedding-type", type=str.lower, metavar="TYPE",
+                   help="type of the token embedding; differing from --output-type writes a separate output matrix")
+    p.add_argument("--tensor-type", action="append", default=[], metavar="REGEX=TYPE",
+                   help="type of the tensors whose GGUF name matches REGEX; repeatable, the first match wins")
     p.add_argument("--report", type=Path, metavar="REPORT.json", help="write a JSON report")
     p.add_argument("--progress", choices=("bar", "json", "none"), default="bar")
     p.add_argument("--force", action="store_true", help="replace existing outputs")
@@ -57,6 +84,39 @@ def _inspect_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="medgemma-convert inspect", description="Show what a GGUF file holds.")
     p.add_argument("file", type=Path, metavar="FILE.gguf")
     p.add_argument("--json", action="store_true", help="print the information as JSON")
+    return p
+
+
+def _lora_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="medgemma-convert lora",
+        description="Write PEFT LoRA adapters as one GGUF LoRA adapter that llama.cpp applies at runtime, unmerged.",
+    )
+    p.add_argument("--base", required=True, help="the base the adapters were trained on: Hugging Face folder, hub repo id, or GGUF")
+    p.add_argument("--adapter", action="append", required=True, metavar="DIR[:SCALE]",
+                   help="PEFT LoRA folder or hub repo id, optionally with a scale; repeatable (ranks are concatenated)")
+    p.add_argument("--out", required=True, type=Path, metavar="ADAPTER.gguf")
+    p.add_argument("--outtype", choices=("f32", "f16", "q8_0"), default="f16", help="tensor type (default f16)")
+    p.add_argument("--preset", help="prompt preset recorded in the file (default: found in the catalog)")
+    p.add_argument("--name", help="general.name of the adapter")
+    p.add_argument("--verify", action="store_true", help="compare base + adapter in llama.cpp with transformers + PEFT")
+    p.add_argument("--eval-text", type=Path, metavar="FILE", help="evaluation text for --verify (default: shipped medical text)")
+    p.add_argument("--progress", choices=("bar", "json", "none"), default="bar")
+    p.add_argument("--force", action="store_true", help="replace an existing output")
+    return p
+
+
+def _export_hf_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="medgemma-convert export-hf",
+        description="Write a Gemma GGUF model as a Hugging Face folder (safetensors, config, tokenizer) to fine-tune.",
+    )
+    p.add_argument("model", type=Path, metavar="MODEL.gguf")
+    p.add_argument("out", type=Path, metavar="OUT_DIR")
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
+                   help="weight type of the safetensors (default float32: a quantized source's values exactly)")
+    p.add_argument("--progress", choices=("bar", "json", "none"), default="bar")
+    p.add_argument("--force", action="store_true", help="replace an existing OUT_DIR")
     return p
 
 
@@ -95,6 +155,12 @@ def _main(args: list[str]) -> int:
     logging.getLogger("gguf").setLevel(logging.ERROR)
     if args and args[0] == "inspect":
         return _run(lambda: _inspect(_inspect_parser().parse_args(args[1:])), None)
+    if args and args[0] in ("lora", "export-hf"):
+        command = _lora if args[0] == "lora" else _export_hf
+        parser = _lora_parser() if args[0] == "lora" else _export_hf_parser()
+        sub = parser.parse_args(args[1:])
+        sub_json = JsonLines() if sub.progress == "json" else None
+        return _run(lambda: command(sub, sub_json), sub_json)
     parsed = _convert_parser().parse_args(args)
     json_lines = JsonLines() if parsed.progress == "json" else None
     return _run(lambda: _convert(parsed, json_lines), json_lines)
@@ -105,12 +171,21 @@ def _run(action: Callable[[], None], json_lines: JsonLines | None) -> int:
         action()
     except MedGemmaError as exc:
         if json_lines is not None:
-            json_lines.emit({"stage": "error", "message": str(exc)})
+            json_lines.emit(ProgressEvent.failed(str(exc)))
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: nothing was written", file=sys.stderr)
         return 130
+    except Exception as exc:
+        # A bug or an input no check foresaw: still one line, and an error event for the app's dialog.
+        if os.environ.get(DEBUG_VARIABLE):
+            raise
+        message = " ".join(f"internal error: {type(exc).__name__}: {exc}".split())
+        if json_lines is not None:
+            json_lines.emit(ProgressEvent.failed(message))
+        print(f"error: {message} (set {DEBUG_VARIABLE}=1 for the traceback)", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -135,6 +210,55 @@ def _inspect(args: argparse.Namespace) -> None:
         print(f"{key:<16} {value}")
 
 
+def _lora(args: argparse.Namespace, json_lines: JsonLines | None) -> None:
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    from .lora_gguf import LoraOptions, export_lora, plan_lora
+
+    options = LoraOptions.create(
+        base=args.base, adapters=args.adapter, out=args.out, out_type=args.outtype, verify=args.verify,
+        eval_text=args.eval_text.absolute() if args.eval_text else None, preset=args.preset, name=args.name,
+        force=args.force,
+    )
+    bar = TextBar() if args.progress == "bar" else None
+    progress = _stopping(json_lines or bar or no_progress)
+    try:
+        the_plan = plan_lora(options)
+        for warning in the_plan.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+        report = export_lora(the_plan, progress)
+    finally:
+        if bar is not None:
+            bar.close()
+    if json_lines is not None:
+        json_lines.emit(ProgressEvent.finished(report))
+        return
+    output = report.outputs[0]
+    line = f"{output.path}  adapter {output.file_type}  {output.bytes:,} bytes  alpha {report.extra['adapter']['alpha']:g}"
+    figures = output.verification
+    if figures:
+        line += "  " + "  ".join(f"{k}={v:.4g}" for k, v in figures.items() if isinstance(v, (int, float)))
+    print(line)
+
+
+def _export_hf(args: argparse.Namespace, json_lines: JsonLines | None) -> None:
+    from .export_hf import export_hf
+
+    bar = TextBar() if args.progress == "bar" else None
+    progress = _stopping(json_lines or bar or no_progress)
+    try:
+        result = export_hf(args.model.absolute(), args.out.absolute(), args.dtype, args.force, progress)
+    finally:
+        if bar is not None:
+            bar.close()
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    if json_lines is not None:
+        json_lines.emit({"stage": "done", "folder": str(result.folder), "tensors": result.tensors,
+                         "warnings": list(result.warnings)})
+        return
+    print(f"{result.folder}  {result.architecture}  {result.tensors} tensors  {result.dtype}")
+
+
 def _convert(args: argparse.Namespace, json_lines: JsonLines | None) -> None:
     # Before numpy loads: its OpenBLAS threads spin between calls, and took a quarter of the CPU
     # from the export; the rank-8 LoRA products they would speed up take milliseconds anyway.
@@ -147,15 +271,17 @@ def _convert(args: argparse.Namespace, json_lines: JsonLines | None) -> None:
         name=args.name, license=args.license, verify=args.verify,
         eval_text=args.eval_text.absolute() if args.eval_text else None,
         report=args.report.absolute() if args.report else None, force=args.force,
+        imatrix=args.imatrix if args.imatrix in (None, "auto") else str(Path(args.imatrix).absolute()),
+        calibration_text=args.calibration_text.absolute() if args.calibration_text else None,
+        save_imatrix=args.save_imatrix.absolute() if args.save_imatrix else None,
+        output_type=args.output_type, embedding_type=args.embedding_type, tensor_types=args.tensor_type,
     )
     bar = TextBar() if args.progress == "bar" else None
     progress = _stopping(json_lines or bar or no_progress)
     try:
-        progress("plan", 0, 1)
-        the_plan = plan(options)
+        the_plan = plan(options, progress)
         for warning in the_plan.warnings:
             print(f"warning: {warning}", file=sys.stderr)
-        progress("plan", 1, 1)
         from .pipeline import convert  # llama.cpp loads here
 
         report = convert(the_plan, progress)
@@ -163,11 +289,11 @@ def _convert(args: argparse.Namespace, json_lines: JsonLines | None) -> None:
         if bar is not None:
             bar.close()
     if json_lines is not None:
-        json_lines.emit({"stage": "done", "report": report})
+        json_lines.emit(ProgressEvent.finished(report))
         return
-    for output in report["outputs"]:
-        line = f"{output['path']}  {output['file_type']}  {output['bytes']:,} bytes  {output['bits_per_weight']:.2f} bpw"
-        figures = output.get("verification")
+    for output in report.outputs:
+        line = f"{output.path}  {output.file_type}  {output.bytes:,} bytes  {output.bits_per_weight:.2f} bpw"
+        figures = output.verification
         if figures:
             line += "  " + "  ".join(f"{k}={v:.4g}" for k, v in figures.items() if isinstance(v, (int, float)))
         print(line)

@@ -7,13 +7,16 @@ the same keys and values, so every runtime reads our files as it reads theirs.
 from __future__ import annotations
 
 import json
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import gguf
 import numpy as np
+
+from medgemma_models.errors import ConversionError
+from medgemma_models.provenance import KEY_ADAPTERS, KEY_BASE, KEY_CONVERTER, KEY_PRESET, PREFIX
+from medgemma_models.gguf_compat import BulkArrayWriter
 
 from . import casts
 from .adapter import ResolvedAdapter
@@ -29,6 +32,7 @@ TENSOR_TYPES = {
 _SWA_PERIOD = {"gemma3": 6, "gemma2": 2}
 # The local (sliding-window) RoPE base llama.cpp assumes for Gemma-3 when the file does not say.
 _LLAMA_DEFAULT_SWA_THETA = 10_000.0
+_F16_EXPONENT = 0x7C00
 
 
 @dataclass(frozen=True)
@@ -60,50 +64,12 @@ def write_gguf(base: ResolvedBase, adapters: tuple[ResolvedAdapter, ...], path: 
         for done, (tensor, data) in enumerate(merged_tensors(base, adapters), start=1):
             qtype = types[tensor.name]
             if isinstance(data, RowBlocks):
-                writer.write_tensor_data(_Streamed(data, qtype, _nbytes(tensor.shape, qtype)))  # type: ignore[arg-type]
+                writer.write_tensor_data(_Streamed(data, qtype, _nbytes(tensor.shape, qtype), tensor.source))  # type: ignore[arg-type]
             else:
-                writer.write_tensor_data(_encode(data, qtype))
+                writer.write_tensor_data(_encode(data, qtype, tensor.source))
             progress(f"export {out_type}", done, total)
     finally:
         writer.close()
-
-
-_ARRAY_ITEMS = {gguf.GGUFValueType.FLOAT32: "<f4", gguf.GGUFValueType.INT32: "<i4", gguf.GGUFValueType.UINT32: "<u4"}
-_DEDUCED = {float: gguf.GGUFValueType.FLOAT32, int: gguf.GGUFValueType.INT32, str: gguf.GGUFValueType.STRING,
-            bytes: gguf.GGUFValueType.STRING}
-
-
-class BulkArrayWriter(gguf.GGUFWriter):
-    """GGUFWriter that packs long arrays (the 262,144-entry vocabulary) in bulk.
-
-    gguf-py packs arrays item by item: 1.8 s for a Gemma vocabulary, of a 270M export's 5. The
-    bytes are the same (tests compare); anything unusual goes to gguf-py's own packing.
-    """
-
-    def _pack_val(self, val: Any, vtype: gguf.GGUFValueType, add_vtype: bool,
-                  sub_type: gguf.GGUFValueType | None = None) -> bytes:
-        packed = None
-        if vtype == gguf.GGUFValueType.ARRAY and self.endianess == gguf.GGUFEndian.LITTLE:
-            packed = _pack_array(val, sub_type)
-        if packed is None:
-            return super()._pack_val(val, vtype, add_vtype, sub_type)
-        return (struct.pack("<I", vtype) if add_vtype else b"") + packed
-
-
-def _pack_array(val: Any, sub_type: gguf.GGUFValueType | None) -> bytes | None:
-    if not isinstance(val, list) or len(val) < 1024:
-        return None
-    kind = type(val[0])
-    item = sub_type or _DEDUCED.get(kind)
-    if item is None or not all(type(v) is kind for v in val):
-        return None
-    head = struct.pack("<IQ", item, len(val))
-    if item == gguf.GGUFValueType.STRING and kind in (str, bytes):
-        encoded = [v.encode("utf-8") for v in val] if kind is str else val
-        return head + b"".join(struct.pack("<Q", len(v)) + v for v in encoded)
-    if item in _ARRAY_ITEMS and kind in (int, float):
-        return head + np.asarray(val, dtype=_ARRAY_ITEMS[item]).tobytes()
-    return None
 
 
 def _tensor_type(name: str, shape: tuple[int, ...], out_type: str) -> gguf.GGMLQuantizationType:
@@ -113,12 +79,16 @@ def _tensor_type(name: str, shape: tuple[int, ...], out_type: str) -> gguf.GGMLQ
     return TENSOR_TYPES[out_type]
 
 
-def _encode(data: np.ndarray, qtype: gguf.GGMLQuantizationType) -> np.ndarray:
+def _encode(data: np.ndarray, qtype: gguf.GGMLQuantizationType, name: str) -> np.ndarray:
     """The float32 tensor's bytes in `qtype`, rounded to nearest even as ggml does."""
     if qtype == gguf.GGMLQuantizationType.F32:
         return np.ascontiguousarray(data, dtype=np.float32)
     if qtype == gguf.GGMLQuantizationType.F16:
-        return casts.f32_to_f16(data)
+        encoded = casts.f32_to_f16(data)
+        # The merge let only finite values through: an all-ones exponent here is an overflow to infinity.
+        if ((encoded.view(np.uint16) & _F16_EXPONENT) == _F16_EXPONENT).any():
+            raise ConversionError(f"{name} has values beyond float16's range (±65504); export bf16 or f32 instead")
+        return encoded
     return casts.f32_to_bf16(data)
 
 
@@ -126,12 +96,12 @@ class _Streamed:
     """Stands in for the array GGUFWriter.write_tensor_data writes (it needs .nbytes and .tofile),
     converting and writing one block of rows at a time."""
 
-    def __init__(self, blocks: RowBlocks, qtype: gguf.GGMLQuantizationType, nbytes: int) -> None:
-        self.blocks, self.qtype, self.nbytes = blocks, qtype, nbytes
+    def __init__(self, blocks: RowBlocks, qtype: gguf.GGMLQuantizationType, nbytes: int, name: str) -> None:
+        self.blocks, self.qtype, self.nbytes, self.name = blocks, qtype, nbytes, name
 
     def tofile(self, fout: Any) -> None:
         for block in self.blocks:
-            _encode(block, self.qtype).tofile(fout)
+            _encode(block, self.qtype, self.name).tofile(fout)
 
 
 def _nbytes(shape: tuple[int, ...], qtype: gguf.GGMLQuantizationType) -> int:
@@ -153,11 +123,11 @@ def _add_metadata(writer: gguf.GGUFWriter, base: ResolvedBase, out_type: str, pr
         base.vocab.add_to(writer)
     writer.add_file_type(FILE_TYPES[out_type])
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-    writer.add_string("medgemma.base", prov.base)
-    writer.add_string("medgemma.adapters", json.dumps(list(prov.adapters)))
+    writer.add_string(KEY_BASE, prov.base)
+    writer.add_string(KEY_ADAPTERS, json.dumps(list(prov.adapters)))
     if prov.preset:
-        writer.add_string("medgemma.preset", prov.preset)
-    writer.add_string("medgemma.converter", prov.converter)
+        writer.add_string(KEY_PRESET, prov.preset)
+    writer.add_string(KEY_CONVERTER, prov.converter)
 
 
 def rope_settings(h: dict[str, Any], arch: str) -> tuple[float, float, dict[str, Any]]:
@@ -215,7 +185,7 @@ def _swa_pattern(h: dict[str, Any], n_layers: int) -> list[bool] | None:
     return None
 
 
-_NOT_COPIED = ("GGUF.", "general.", "medgemma.")
+_NOT_COPIED = ("GGUF.", "general.", PREFIX)
 
 
 def _copy_gguf_metadata(writer: gguf.GGUFWriter, base: ResolvedBase) -> None:

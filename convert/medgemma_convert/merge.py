@@ -4,6 +4,9 @@ Nothing is materialised beyond the tensor at hand, and a large tensor that nothi
 262,144-row embedding) is even read a block of rows at a time: peak memory stays near one
 transformer layer, not the model. numpy only: importing torch would cost seconds and memory
 that the merge does not need.
+
+Every tensor is checked for NaN and infinities as it passes (about 2 ms per 8 M values): a
+single NaN weight makes every answer of the exported model NaN, and nothing downstream says why.
 """
 
 from __future__ import annotations
@@ -13,12 +16,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from medgemma_models.errors import AdapterError, ConversionError
+
 from .adapter import ResolvedAdapter
 from .base import BaseTensor, ResolvedBase
 from .lora import AdapterWeights
 
 # Tensors above this many elements are streamed in row blocks of about this size when untouched.
-_BLOCK_ELEMENTS = 8 * 1024 * 1024
+BLOCK_ELEMENTS = 8 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -43,20 +48,47 @@ def merged_tensors(
     for tensor in base.tensors:
         changed = tensor.norm_shift or weights.targets(tensor.name)
         rows = tensor.shape[0] if tensor.shape else 0
-        if tensor.stored is not None and not changed and len(tensor.shape) == 2 and rows * tensor.shape[1] > _BLOCK_ELEMENTS:
-            step = max(1, _BLOCK_ELEMENTS // tensor.shape[1])
-            yield tensor, RowBlocks(tensor.stored.read_rows, rows, step)
+        if tensor.stored is not None and not changed and len(tensor.shape) == 2 and rows * tensor.shape[1] > BLOCK_ELEMENTS:
+            step = max(1, BLOCK_ELEMENTS // tensor.shape[1])
+            yield tensor, RowBlocks(_checked_rows(tensor, tensor.stored.read_rows), rows, step)
             continue
         if tensor.stored is not None:
             w = tensor.stored.read_rows(0, tensor.rows)
         else:
             assert read_gguf is not None
             w = read_gguf(tensor)
+        _check_base_finite(tensor, w)
         if changed:
             w = weights.apply(tensor.name, w)
+            if not np.isfinite(w).all():
+                raise _merge_failure(tensor, weights)
         if tensor.norm_shift:
             w += 1.0  # Gemma RMSNorm multiplies by (1 + w); llama.cpp by w
         yield tensor, w
+
+
+def _check_base_finite(tensor: BaseTensor, values: np.ndarray) -> None:
+    if not np.isfinite(values).all():
+        raise ConversionError(f"the base weight {tensor.source} in {tensor.file.name} holds NaN or infinite values")
+
+
+def _checked_rows(tensor: BaseTensor, read: Callable[[int, int], np.ndarray]) -> Callable[[int, int], np.ndarray]:
+    def checked(start: int, end: int) -> np.ndarray:
+        rows = read(start, end)
+        _check_base_finite(tensor, rows)
+        return rows
+
+    return checked
+
+
+def _merge_failure(tensor: BaseTensor, weights: AdapterWeights) -> ConversionError:
+    """Which adapter tensor brought the NaN or infinity in; only looked for when one was found."""
+    for i, target in weights.by_tensor[tensor.name]:
+        adapter = weights.adapters[i]
+        for part, entry in (("lora_A", target.a), ("lora_B", target.b)):
+            if not np.isfinite(entry.read_rows()).all():
+                return AdapterError(f"adapter {adapter.id}: {target.module}.{part}.weight holds NaN or infinite values")
+    return AdapterError(f"adding the adapters' deltas to {tensor.source} overflows float32 (values beyond ±3.4e38)")
 
 
 def _gguf_reader(base: ResolvedBase) -> Callable[[BaseTensor], np.ndarray]:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from medgemma_models.errors import ConversionError
+from medgemma_models.quants import TENSOR_TYPES
 
-from .quants import parse_quants
+from .quants import UNQUANTIZED, parse_quants
 
 
 @dataclass(frozen=True)
@@ -42,8 +44,16 @@ class ConversionOptions:
     preset: str | None = None
     name: str | None = None
     license: str | None = None
-    verify: bool = False
+    # "quick", "full" or "none". The command line (and so the app) asks for "quick" unless told
+    # otherwise; a library caller opts in, as the check needs torch and transformers.
+    verify: str = "none"
     eval_text: Path | None = None
+    imatrix: str | None = None  # "auto" (computed on the shipped medical text) or an imatrix file
+    calibration_text: Path | None = None  # added to the shipped text for --imatrix auto
+    save_imatrix: Path | None = None  # where to keep the imatrix computed, in llama.cpp's format
+    output_type: str | None = None  # ggml type names, e.g. "q4_0"
+    embedding_type: str | None = None
+    tensor_types: tuple[tuple[str, str], ...] = ()  # (regex on GGUF tensor names, type)
     report: Path | None = None
     force: bool = False
 
@@ -54,14 +64,55 @@ class ConversionOptions:
         out: str | Path,
         adapters: list[str] | tuple[str, ...] = (),
         quant: str | None = None,
+        tensor_types: list[str] | tuple[str, ...] = (),
         **kwargs: object,
     ) -> ConversionOptions:
         """Build options from the strings a command line or a dialog collects."""
         out = Path(out).expanduser().absolute()
-        return cls(
+        options = cls(
             base=base,
             out=out,
             adapters=tuple(AdapterSpec.parse(a) for a in adapters),
             quants=parse_quants(quant),
+            tensor_types=tuple(parse_tensor_type(t) for t in tensor_types),
             **kwargs,  # type: ignore[arg-type]
         )
+        options.check()
+        return options
+
+    def check(self) -> None:
+        """Refuse combinations that are wrong whatever the inputs."""
+        if self.verify not in VERIFY_MODES:
+            raise ConversionError(f"unknown verification {self.verify!r}; valid: {', '.join(VERIFY_MODES)}")
+        for flag, value in (("--output-type", self.output_type), ("--embedding-type", self.embedding_type)):
+            if value is not None:
+                check_type_name(value, flag)
+        if self.calibration_text is not None and self.imatrix != "auto":
+            raise ConversionError("--calibration-text is used by --imatrix auto only")
+        if self.save_imatrix is not None and self.imatrix is None:
+            raise ConversionError("--save-imatrix needs --imatrix")
+        quantized = [q for q in self.quants if q not in UNQUANTIZED]
+        asked = self.imatrix or self.output_type or self.embedding_type or self.tensor_types
+        if asked and not quantized:
+            raise ConversionError("--imatrix and the tensor type options apply to quantized outputs; none was asked for")
+
+
+VERIFY_MODES = ("quick", "full", "none")
+
+
+def check_type_name(name: str, flag: str) -> str:
+    if name not in TENSOR_TYPES:
+        raise ConversionError(f"{flag}: unknown tensor type {name!r}; valid: {', '.join(TENSOR_TYPES)}")
+    return name
+
+
+def parse_tensor_type(text: str) -> tuple[str, str]:
+    """'blk\\.0\\..*=q8_0' -> (regex, type); the last '=' starts the type."""
+    pattern, sep, name = text.rpartition("=")
+    if not sep or not pattern:
+        raise ConversionError(f"--tensor-type {text!r}: expected REGEX=TYPE, e.g. 'ffn_down=q8_0'")
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        raise ConversionError(f"--tensor-type {text!r}: the pattern is not a regular expression ({exc})") from None
+    return pattern, check_type_name(name.strip().lower(), "--tensor-type")

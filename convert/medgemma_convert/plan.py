@@ -5,13 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from medgemma_models.catalog import get_preset, preset_for
+from medgemma_models.catalog import choose_preset, get_preset
 from medgemma_models.errors import ConversionError
 from medgemma_models.files import check_writable
 
 from .adapter import ResolvedAdapter, resolve_adapter
 from .base import ResolvedBase, resolve_base
 from .options import ConversionOptions
+from .progress import Progress, no_progress
+from .quantize import check_quantization
 from .quants import intermediate_type, output_paths
 
 
@@ -27,8 +29,14 @@ class ConversionPlan:
     warnings: tuple[str, ...]
 
 
-def plan(options: ConversionOptions) -> ConversionPlan:
-    """Validate options against the real inputs; raises a MedGemmaError naming the first problem."""
+def plan(options: ConversionOptions, progress: Progress = no_progress) -> ConversionPlan:
+    """Validate options against the real inputs; raises a MedGemmaError naming the first problem.
+
+    Reports stage "plan" after each input (and "download ..." while one is fetched), so that a
+    cancel is honoured while planning too.
+    """
+    steps = 1 + len(options.adapters)
+    progress("plan", 0, steps)
     outputs = output_paths(options.out, options.quants)
     for path in outputs.values():
         check_writable(path, options.force)
@@ -37,11 +45,17 @@ def plan(options: ConversionOptions) -> ConversionPlan:
     if options.eval_text is not None and not options.eval_text.is_file():
         raise ConversionError(f"evaluation text not found: {options.eval_text}")
     warnings: list[str] = []
-    base = resolve_base(options.base)
+    base = resolve_base(options.base, progress)
+    check_quantization(options, [(t.name, t.shape) for t in base.tensors])
+    progress("plan", 1, steps)
     if base.kind == "gguf":
         warnings.append(f"the base {base.path.name} is a GGUF file: its weights are dequantized, and requantizing them "
                         "loses quality; the original Hugging Face folder gives better results")
-    adapters = tuple(resolve_adapter(spec, base, warnings) for spec in options.adapters)
+    resolved: list[ResolvedAdapter] = []
+    for spec in options.adapters:
+        resolved.append(resolve_adapter(spec, base, warnings, progress))
+        progress("plan", 1 + len(resolved), steps)
+    adapters = tuple(resolved)
     return ConversionPlan(
         options=options,
         base=base,
@@ -60,9 +74,7 @@ def _preset(options: ConversionOptions, base: ResolvedBase, adapters: tuple[Reso
             return get_preset(options.preset).name
         except KeyError as exc:
             raise ConversionError(str(exc.args[0])) from None
-    found = preset_for([a.id for a in adapters], base.id)
-    if found is None and adapters:
-        found = preset_for((), adapters[0].base_model)
+    found = choose_preset([a.id for a in adapters], base.id, adapter_bases=[a.base_model for a in adapters[:1] if a.base_model])
     return found.name if found else None
 
 

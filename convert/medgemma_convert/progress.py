@@ -1,18 +1,17 @@
-"""The one progress callback type shared by the command line and the desktop app."""
+"""Showing progress on the command line: a text bar, or the JSON-lines protocol for the app.
+
+The callback type and the protocol itself are shared with the app (`medgemma_models.progress`).
+"""
 
 from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable
 from typing import Any, TextIO
 
-# Progress(stage, done, total): called as work advances; `total` may be 0 when unknown.
-Progress = Callable[[str, int, int], None]
+from medgemma_models.progress import Progress, ProgressEvent, no_progress
 
-
-def no_progress(stage: str, done: int, total: int) -> None:
-    """A Progress that ignores everything."""
+__all__ = ["JsonLines", "Progress", "ProgressEvent", "TextBar", "no_progress"]
 
 
 class TextBar:
@@ -47,8 +46,9 @@ class JsonLines:
         self.stream = stream or sys.stdout
 
     def __call__(self, stage: str, done: int, total: int) -> None:
-        self.emit({"stage": stage, "done": done, "total": total})
+        self.emit(ProgressEvent(stage, done, total))
 
-    def emit(self, obj: dict[str, Any]) -> None:
-        self.stream.write(json.dumps(obj) + "\n")
+    def emit(self, event: ProgressEvent | dict[str, Any]) -> None:
+        """A protocol event; a plain dict is written as it is (results other than a conversion report)."""
+        self.stream.write(event.to_json_line() if isinstance(event, ProgressEvent) else json.dumps(event) + "\n")
         self.stream.flush()

@@ -1,9 +1,11 @@
-"""The conversion report: inputs, each output's real contents, and time and memory per stage."""
+"""Measuring a conversion for its report: time and memory per stage, each output's real contents.
+
+The report itself is a typed value shared with the app: `medgemma_models.report.ConversionReport`.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import json
 import resource
 import sys
 import time
@@ -13,6 +15,7 @@ from typing import Any
 
 from medgemma_models.files import atomic_output
 from medgemma_models.gguf_info import read_model_info
+from medgemma_models.report import ConversionReport
 
 _CLEAR_REFS = Path("/proc/self/clear_refs")
 _STATUS = Path("/proc/self/status")
@@ -76,6 +79,6 @@ def describe_output(path: Path, quant: str, sha256: str) -> dict[str, Any]:
     }
 
 
-def write_report(report: dict[str, Any], path: Path, force: bool) -> None:
+def write_report(report: ConversionReport, path: Path, force: bool) -> None:
     with atomic_output(path, force) as partial:
-        partial.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        partial.write_text(report.to_json() + "\n", encoding="utf-8")

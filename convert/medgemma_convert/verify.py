@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import gc
 import tempfile
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, replace
 from importlib.resources import files
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 
@@ -27,7 +27,11 @@ if TYPE_CHECKING:
 
 # Longer than Gemma-3's 512-token sliding window, so that a wrong window size shows up in the figures.
 CHUNK_TOKENS = 1024
-# Positions compared at once: 32 rows x 262,144 vocab x float64 is 64 MiB per array.
+# The quick verification every conversion runs unless --no-verify: a few hundred positions.
+QUICK_TOKENS = 320
+# Positions compared at once: 32 rows x 262,144 vocab x float64 is 64 MiB per array. Neither side
+# ever holds more than this many positions' logits: the reference waits in a file, llama.cpp
+# computes them a block at a time.
 _ROWS = 32
 
 
@@ -41,6 +45,7 @@ class VerifyFigures:
     top1: float  # fraction of positions where both pick the same most likely token
     ppl_reference: float
     ppl_gguf: float
+    mode: str = "full"  # "quick": the first QUICK_TOKENS tokens of the text only
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -58,34 +63,47 @@ def verify_outputs(
     text: str,
     progress: Progress | None = None,
     chunk_tokens: int = CHUNK_TOKENS,
+    lora: Path | None = None,
+    max_tokens: int | None = None,
 ) -> dict[str, VerifyFigures]:
     """Figures for each output GGUF (keyed by its path as a string) against base + adapters in float32.
 
-    `base` is a local Hugging Face folder or a GGUF file (transformers dequantizes it). The
-    reference logits wait in a temporary file of tokens x vocabulary x 4 bytes (about 0.7 GB for
-    the shipped text with Gemma's 262,144 tokens).
+    `base` is a local Hugging Face folder or a GGUF file (transformers dequantizes it). `lora`, a
+    GGUF adapter file, is applied on top of each output in llama.cpp. `max_tokens` keeps only the
+    start of the text (the quick verification). The reference logits wait in a temporary file of
+    tokens x vocabulary x 4 bytes, written and read back one block of positions at a time.
     """
     progress = progress or no_progress
     if not outputs:
         return {}
     ids, n_vocab = tokenize(outputs[0], text)
+    if max_tokens is not None:
+        ids = ids[:max_tokens]
     if len(ids) < 2:
         raise ConversionError("the evaluation text is too short: it needs at least one token after BOS")
-    chunks = [ids[i : i + chunk_tokens] for i in range(0, len(ids), chunk_tokens)]
-    chunks = [c for c in chunks if len(c) >= 2]  # a lone last token predicts nothing
-    n_positions = sum(len(c) - 1 for c in chunks)
+    chunks = split_chunks(ids, chunk_tokens)
+    mode = "quick" if max_tokens is not None else "full"
     # The reference logits go to a file so that the torch model can be freed before llama.cpp
-    # loads, and neither side holds every position's full-vocabulary logits in memory.
+    # loads; plain file writes and reads keep them out of the resident memory (a memory map's
+    # touched pages would count).
     with tempfile.TemporaryDirectory(prefix="medgemma-verify-") as tmp:
-        reference = np.lib.format.open_memmap(
-            Path(tmp) / "reference.npy", mode="w+", dtype=np.float32, shape=(n_positions, n_vocab)
-        )
-        _reference_logits(base, adapters, chunks, reference, progress)
+        reference = Path(tmp) / "reference.f32"
+        with open(reference, "wb") as sink:
+            _reference_logits(base, adapters, chunks, n_vocab, sink, progress)
         figures = {}
         for output in outputs:
-            figures[str(output)] = _compare(output, chunks, reference, progress)
-        del reference
+            stage = f"verify: {output.name}"
+            progress(stage, 0, len(chunks))
+            with open(reference, "rb") as source:
+                blocks = gguf_logits(output, chunks, lora=lora, on_chunk=lambda done, s=stage: progress(s, done, len(chunks)))
+                figures[str(output)] = replace(compare_blocks(with_reference(source, n_vocab, blocks), chunks), mode=mode)
     return figures
+
+
+def split_chunks(ids: list[int], chunk_tokens: int) -> list[list[int]]:
+    """Consecutive pieces of `chunk_tokens`; a lone last token (it predicts nothing) is left out."""
+    chunks = [ids[i : i + chunk_tokens] for i in range(0, len(ids), chunk_tokens)]
+    return [c for c in chunks if len(c) >= 2]
 
 
 def tokenize(model: Path, text: str) -> tuple[list[int], int]:
@@ -136,67 +154,98 @@ def _reference_logits(
     base: Path,
     adapters: Sequence[tuple[Path, float]],
     chunks: list[list[int]],
-    out: np.ndarray,
+    n_vocab: int,
+    sink: BinaryIO,
     progress: Progress,
 ) -> None:
+    """Write the reference's logits of every position but each chunk's last, in order, as float32 rows."""
     import torch
 
     progress("verify: reference", 0, len(chunks))
     model = reference_model(base, adapters)
-    n_vocab = out.shape[1]
-    row = 0
+    # The model's own forward, split where it costs nothing: the decoder once per chunk, then the
+    # output matrix (and Gemma-2's final soft-capping) a block of positions at a time, so that the
+    # full-vocabulary logits of a whole chunk (1 GiB for 1,024 Gemma positions) never exist at once.
+    decoder, head = model.get_decoder(), model.get_output_embeddings()
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    softcap = getattr(config, "final_logit_softcapping", None)
     with torch.inference_mode():
         for done, chunk in enumerate(chunks, 1):
-            logits = model(input_ids=torch.tensor([chunk]), use_cache=False).logits[0, :-1]
-            if logits.shape[-1] < n_vocab:
-                raise ConversionError(
-                    f"the reference model has {logits.shape[-1]} vocabulary rows, the GGUF {n_vocab}"
-                )
-            # Rows past the GGUF's vocabulary (padding in some checkpoints) are left out on both sides.
-            out[row : row + len(chunk) - 1] = logits[:, :n_vocab].float().numpy()
-            row += len(chunk) - 1
-            del logits
+            hidden = decoder(input_ids=torch.tensor([chunk]), use_cache=False).last_hidden_state[0, :-1]
+            for start in range(0, len(hidden), _ROWS):
+                logits = head(hidden[start : start + _ROWS]).float()
+                if softcap:
+                    logits = torch.tanh(logits / softcap) * softcap
+                if logits.shape[-1] < n_vocab:
+                    raise ConversionError(
+                        f"the reference model has {logits.shape[-1]} vocabulary rows, the GGUF {n_vocab}"
+                    )
+                # Rows past the GGUF's vocabulary (padding in some checkpoints) are left out on both sides.
+                sink.write(np.ascontiguousarray(logits[:, :n_vocab].numpy()).tobytes())
+            del hidden
             progress("verify: reference", done, len(chunks))
-    del model
+    del model, decoder, head
     gc.collect()
 
 
-def _compare(output: Path, chunks: list[list[int]], reference: np.ndarray, progress: Progress) -> VerifyFigures:
+def gguf_logits(model: Path, chunks: list[list[int]], rows: int = _ROWS, lora: Path | None = None,
+                on_chunk: Callable[[int], None] | None = None) -> Iterator[np.ndarray]:
+    """llama.cpp's logits of every position but each chunk's last, `rows` positions per block, in order.
+
+    Each chunk starts from an empty cache; only `rows` positions' logits are ever held.
+    """
+    import llama_cpp
     from llama_cpp import Llama
 
-    stage = f"verify: {output.name}"
-    progress(stage, 0, len(chunks))
     longest = max(len(c) for c in chunks)
-    llm = Llama(
-        model_path=str(output),
-        n_ctx=longest,
-        n_batch=min(longest, 512),
-        logits_all=True,
-        n_gpu_layers=0,
-        verbose=False,
-    )
+    llm = Llama(model_path=str(model), lora_path=str(lora) if lora else None, n_ctx=longest, n_batch=rows,
+                n_ubatch=rows, n_gpu_layers=0, verbose=False)
+    batch = llama_cpp.llama_batch_init(rows, 0, 1)
     try:
-        if llm.n_vocab() != reference.shape[1]:
-            raise ConversionError(f"{output.name} has a vocabulary of {llm.n_vocab()}, the first output {reference.shape[1]}")
-        kld: list[np.ndarray] = []
-        same: list[np.ndarray] = []
-        nll_ref: list[np.ndarray] = []
-        nll_gguf: list[np.ndarray] = []
-        row = 0
+        n_vocab = llm.n_vocab()
         for done, chunk in enumerate(chunks, 1):
-            llm.reset()
-            llm.eval(chunk)
-            n = len(chunk) - 1
-            targets = np.asarray(chunk[1:])
-            for start in range(0, n, _ROWS):
-                stop = min(start + _ROWS, n)
-                rows = compare_rows(reference[row + start : row + stop], llm.scores[start:stop], targets[start:stop])
-                for values, into in zip(rows, (kld, same, nll_ref, nll_gguf)):
-                    into.append(values)
-            row += n
-            progress(stage, done, len(chunks))
+            llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(llm.ctx), True)
+            wanted = len(chunk) - 1
+            for start in range(0, wanted, rows):
+                tokens = chunk[start : min(start + rows, wanted)]
+                batch.n_tokens = len(tokens)
+                for i, token in enumerate(tokens):
+                    batch.token[i], batch.pos[i], batch.n_seq_id[i], batch.logits[i] = token, start + i, 1, True
+                    batch.seq_id[i][0] = 0
+                if llama_cpp.llama_decode(llm.ctx, batch) != 0:
+                    raise ConversionError(f"llama.cpp failed to evaluate {model.name}")
+                logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits(llm.ctx), shape=(len(tokens), n_vocab))
+                yield logits.copy()
+            if on_chunk is not None:
+                on_chunk(done)
     finally:
+        llama_cpp.llama_batch_free(batch)
         llm.close()
+
+
+def with_reference(source: BinaryIO, n_vocab: int, blocks: Iterator[np.ndarray]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Pairs (reference rows, gguf rows): the reference's next rows from `source`, as many as each block has."""
+    for block in blocks:
+        if block.shape[1] != n_vocab:
+            raise ConversionError(f"an output has a vocabulary of {block.shape[1]}, the first output {n_vocab}")
+        reference = np.fromfile(source, dtype=np.float32, count=block.size).reshape(block.shape)
+        yield reference, block
+
+
+def compare_blocks(pairs: Iterable[tuple[np.ndarray, np.ndarray]], chunks: list[list[int]]) -> VerifyFigures:
+    """The figures over (reference, gguf) logit blocks covering `chunks`' positions in order."""
+    targets = np.concatenate([np.asarray(c[1:]) for c in chunks])
+    kld: list[np.ndarray] = []
+    same: list[np.ndarray] = []
+    nll_ref: list[np.ndarray] = []
+    nll_gguf: list[np.ndarray] = []
+    row = 0
+    for reference, gguf in pairs:
+        n = len(gguf)
+        values = compare_rows(reference, gguf, targets[row : row + n])
+        for value, into in zip(values, (kld, same, nll_ref, nll_gguf)):
+            into.append(value)
+        row += n
     all_kld = np.concatenate(kld)
     return VerifyFigures(
         tokens=int(all_kld.size),

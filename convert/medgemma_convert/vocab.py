@@ -58,6 +58,10 @@ def load_vocab(folder: Path, vocab_size: int | None) -> Vocab:
     gc.disable()
     try:
         return _load_vocab(folder, vocab_size)
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+        # Tokenizer JSON of an unexpected shape (or nested past the parser's depth), here or in gguf-py.
+        problem = "JSON nested too deeply" if isinstance(exc, RecursionError) else f"{type(exc).__name__}: {exc}"
+        raise ConversionError(f"unreadable tokenizer files in {folder}: {' '.join(problem.split())}") from exc
     finally:
         if enabled:
             gc.enable()

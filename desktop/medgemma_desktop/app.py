@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
+
+from medgemma_models.offline import go_offline
 
 
 def run_app(model: Path | None = None, argv: list[str] | None = None) -> int:
     """Open the main window (with `model`, else the last model used, else the embedded one)."""
-    # Set before anything could import huggingface_hub: the app never goes online.
-    os.environ["HF_HUB_OFFLINE"] = "1"
+    # Before anything could import huggingface_hub: the app never goes online.
+    go_offline()
 
     from PySide6.QtWidgets import QApplication
 
@@ -19,7 +20,7 @@ def run_app(model: Path | None = None, argv: list[str] | None = None) -> int:
     from .engine import Engine
     from .history import History
     from .ui.excepthook import ExceptionReporter
-    from .ui.main_window import LAST_MODEL_SETTING, MainWindow
+    from .ui.main_window import MainWindow
 
     app = QApplication.instance() or QApplication(argv if argv is not None else sys.argv)
     app.setApplicationName("MedGemma Edge")
@@ -34,10 +35,11 @@ def run_app(model: Path | None = None, argv: list[str] | None = None) -> int:
     reporter.install()
     window.show()
     window.show_notice_if_needed()
-    last = history.get_setting(LAST_MODEL_SETTING)
-    start = model if model is not None else (Path(last) if last and Path(last).is_file() else None)
-    if not window.choose_model(start) and start is not None:
-        window.choose_model(None)  # a remembered file that is now broken: fall back to the embedded model
+    # The model asked for, else the one (with its adapters) used last, else the app's default:
+    # "Gemma-3-270M + demo reasoning adapter" when this build ships the adapter.
+    start, adapters = (model, ()) if model is not None else window.library.start_choice()
+    if not window.models.choose_model(start, adapters) and start is not None:
+        window.models.choose_model(None)  # a remembered file that is now broken: fall back to the embedded model
     try:
         return app.exec()
     finally:

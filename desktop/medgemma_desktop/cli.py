@@ -1,4 +1,4 @@
-"""`medgemma-desktop`: the chat app, or `--self-test` for a check with no window."""
+"""`medgemma-desktop`: the chat app, `--ask` for one answer with no window, or `--self-test` for a check."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from medgemma_models.errors import MedGemmaError
+from medgemma_models.offline import go_offline
 
 
 def parse_gpu(value: str) -> str | int:
@@ -21,6 +22,23 @@ def parse_gpu(value: str) -> str | int:
         raise argparse.ArgumentTypeError("use auto, cpu or a number of layers") from None
 
 
+def parse_adapter(value: str) -> tuple[Path, float]:
+    """FILE or FILE:SCALE (a colon followed by anything but a number stays part of the path)."""
+    path, colon, scale = value.rpartition(":")
+    if colon:
+        try:
+            return Path(path), float(scale)
+        except ValueError:
+            pass
+    return Path(value), 1.0
+
+
+def parse_switch(value: str) -> bool:
+    if value not in ("on", "off"):
+        raise argparse.ArgumentTypeError("use on or off")
+    return value == "on"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="medgemma-desktop",
@@ -28,7 +46,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--model", type=Path, help="GGUF file to open (default: the embedded Gemma-3-270M)")
     parser.add_argument("--self-test", action="store_true", help="load the model and generate, with no window")
-    parser.add_argument("--json", action="store_true", help="with --self-test: print one JSON object")
+    parser.add_argument("--ask", metavar="QUESTION",
+                        help="answer one question the way the window would, print it and exit (no display needed)")
+    parser.add_argument("--adapter", metavar="FILE[:SCALE]", type=parse_adapter, action="append", default=[],
+                        help="with --ask: a GGUF LoRA adapter on top of the model (repeatable; scale 1 by default)")
+    parser.add_argument("--think", type=parse_switch, metavar="on|off",
+                        help="with --ask: ask for reasoning first (default: the preset's, on)")
+    parser.add_argument("--max-tokens", type=int, metavar="N", help="with --ask: the answer's limit (default: the preset's)")
+    parser.add_argument("--temperature", type=float, metavar="T", help="with --ask: sampling temperature (0: greedy)")
+    parser.add_argument("--json", action="store_true", help="with --ask or --self-test: print one JSON object")
     parser.add_argument("--gpu", type=parse_gpu, default="auto", help="auto, cpu or a number of layers to offload")
     return parser
 
@@ -42,9 +68,14 @@ def has_display() -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.ask is None and (args.adapter or args.think is not None or args.max_tokens or args.temperature is not None):
+        parser.error("--adapter, --think, --max-tokens and --temperature go with --ask")
     # The app is offline by design: nothing may reach for a model hub behind our back.
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    go_offline()
+    if args.ask is not None:
+        return ask(args)
     if args.self_test:
         return self_test(args)
     if not has_display():
@@ -60,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def self_test(args: argparse.Namespace) -> int:
-    from .self_test import run_self_test
+    from .selftest import run_self_test
 
     try:
         result = run_self_test(args.model, gpu=args.gpu)
@@ -77,4 +108,48 @@ def self_test(args: argparse.Namespace) -> int:
             if key != "answer":
                 print(f"{key}: {value}")
         print(f"answer: {result['answer'].strip()[:200]!r}")
+    return 0
+
+
+def ask(args: argparse.Namespace) -> int:
+    """Exit 0 with the answer, 2 when the model, an adapter or a setting cannot be used, 1 when generation fails."""
+    from .ask import AskFailed
+    from .ask import ask as ask_question
+    from .generation import AdapterUse
+    from .settings import GPU_LAYERS, LIMITS, LoadSettings
+
+    overrides = {}
+    for name in ("max_tokens", "temperature"):
+        value = getattr(args, name)
+        if value is not None:
+            low, high = LIMITS[name]
+            if not low <= value <= high:
+                print(f"medgemma-desktop: --{name.replace('_', '-')} must be between {low:g} and {high:g}", file=sys.stderr)
+                return 2
+            overrides[name] = value
+    gpu = {"gpu": GPU_LAYERS, "gpu_layers": args.gpu} if isinstance(args.gpu, int) else {"gpu": args.gpu}
+    adapters = [AdapterUse(path, scale) for path, scale in args.adapter]
+    try:
+        result = ask_question(args.ask, args.model, adapters if adapters or args.model else None, args.think,
+                              LoadSettings.from_dict(gpu), **overrides)
+    except AskFailed as exc:
+        print(f"medgemma-desktop: {exc}", file=sys.stderr)
+        return 1
+    except MedGemmaError as exc:
+        print(f"medgemma-desktop: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # one line for the user, never a traceback
+        print(f"medgemma-desktop: the answer failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        fields = ("reasoning", "answer", "finish_reason", "prompt_tokens", "generated_tokens", "ttft_ms",
+                  "decode_tok_per_s", "model", "preset", "think")
+        print(json.dumps({k: v for k, v in result.to_dict().items() if k in fields}, ensure_ascii=False))
+        return 0
+    if result.reasoning:
+        print("Reasoning:")
+        print(result.reasoning)
+        print()
+        print("Answer:")
+    print(result.answer)
     return 0

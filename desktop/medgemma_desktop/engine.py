@@ -9,45 +9,35 @@ from __future__ import annotations
 
 import codecs
 import contextlib
-import ctypes
 import logging
-import threading
 import time
-from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import llama_cpp
 
 from medgemma_models.errors import MedGemmaError, ModelLoadError
 from medgemma_models.gguf_info import ModelInfo, read_model_info
+from medgemma_models.llama_cpp_compat import model_params_with_progress
+from medgemma_models.llama_log import app_log
+
+from . import adapters as runtime_adapters
+from .forced_offload import split_mode, supports_gpu_offload
+from .prompt_tokens import tokenize_prompt
+from .settings import GenerationSettings, GpuSetting, LoadOptions
+
+if TYPE_CHECKING:
+    from .generation import AdapterUse
+
+__all__ = ["Engine", "GenerationSettings", "GenerationStats", "LoadCancelled", "LoadOptions", "OffloadReport"]
 
 log = logging.getLogger(__name__)
-
-GpuSetting = str | int  # "auto", "cpu" or a number of layers
 
 
 class LoadCancelled(MedGemmaError):
     """The user cancelled a model load."""
-
-
-@dataclass(frozen=True)
-class LoadOptions:
-    n_ctx: int = 4096
-    n_threads: int | None = None
-    gpu: GpuSetting = "auto"
-
-
-@dataclass(frozen=True)
-class GenerationSettings:
-    temperature: float = 0.7
-    top_p: float = 0.95
-    top_k: int = 64
-    min_p: float = 0.0
-    repeat_penalty: float = 1.0
-    max_tokens: int = 512
-    seed: int | None = None
 
 
 @dataclass(frozen=True)
@@ -102,70 +92,6 @@ def choose_gpu_layers(setting: GpuSetting, supports_offload: bool, n_layers: int
     return min(layers, n_layers + 1)
 
 
-class _LlamaLog:
-    """Keeps llama.cpp's recent error lines so a failed load can say why."""
-
-    def __init__(self) -> None:
-        self.errors: deque[str] = deque(maxlen=20)
-        self._callback = llama_cpp.llama_log_callback(self._on_log)  # kept alive while installed
-        llama_cpp.llama_log_set(self._callback, ctypes.c_void_p(0))
-
-    def _on_log(self, level: int, text: bytes, _user_data: ctypes.c_void_p) -> None:
-        message = text.decode("utf-8", errors="replace").strip()
-        if level == 3 and message:  # GGML_LOG_LEVEL_ERROR
-            self.errors.append(message)
-            log.debug("llama.cpp: %s", message)
-
-    def last_error(self) -> str | None:
-        return self.errors[-1] if self.errors else None
-
-
-_llama_log: _LlamaLog | None = None
-_params_lock = threading.Lock()
-
-
-def _install_log() -> _LlamaLog:
-    global _llama_log
-    if _llama_log is None:
-        _llama_log = _LlamaLog()
-    return _llama_log
-
-
-@contextlib.contextmanager
-def _load_progress(progress: Callable[[float], bool] | None) -> Iterator[None]:
-    """Give llama.cpp's model loader a progress callback.
-
-    `Llama()` builds its model parameters itself and offers no hook for this, so the
-    parameter factory it calls is wrapped for the duration of one load.
-    """
-    if progress is None:
-        yield
-        return
-
-    def on_progress(fraction: float, _user_data: ctypes.c_void_p) -> bool:
-        try:
-            return bool(progress(float(fraction)))
-        except Exception:  # an exception must not cross into C: stop the load instead
-            log.exception("load progress callback failed")
-            return False
-
-    c_callback = llama_cpp.llama_progress_callback(on_progress)
-    bindings = llama_cpp.llama_cpp
-    original = bindings.llama_model_default_params
-
-    def params_with_progress() -> llama_cpp.llama_model_params:
-        params = original()
-        params.progress_callback = c_callback
-        return params
-
-    with _params_lock:
-        bindings.llama_model_default_params = params_with_progress
-        try:
-            yield
-        finally:
-            bindings.llama_model_default_params = original
-
-
 class Engine:
     """One loaded model and its KV cache."""
 
@@ -198,8 +124,8 @@ class Engine:
         info = read_model_info(path)
         if not info.is_gemma:
             raise ModelLoadError(f"{info.path.name} is a {info.architecture} model; this app runs Gemma models")
-        llama_log = _install_log()
-        supports = bool(llama_cpp.llama_supports_gpu_offload())
+        llama_log = app_log()
+        supports = supports_gpu_offload()
         backend = gpu_backend_name(llama_cpp.llama_print_system_info().decode(errors="replace"), supports)
         n_layers = info.block_count or 0
         layers = choose_gpu_layers(options.gpu, supports, n_layers)
@@ -234,7 +160,7 @@ class Engine:
             cancelled = progress is not None and not progress(fraction)
             return not cancelled
 
-        with _load_progress(watch if progress is not None else None):
+        with model_params_with_progress(watch) if progress is not None else contextlib.nullcontext():
             try:
                 return llama_cpp.Llama(
                     model_path=str(path),
@@ -243,6 +169,7 @@ class Engine:
                     # core spins badly as soon as anything else wants the CPU.
                     n_threads=options.n_threads,
                     n_gpu_layers=n_gpu_layers,
+                    split_mode=split_mode(n_gpu_layers),
                     # A full-size sliding-window cache lets a new turn reuse the
                     # earlier turns' KV entries instead of evaluating them again.
                     swa_full=True,
@@ -252,6 +179,18 @@ class Engine:
                 if cancelled:
                     raise LoadCancelled("model load cancelled") from exc
                 raise
+
+    def set_adapters(self, adapters: Sequence[AdapterUse]) -> None:
+        """Run the loaded base with these GGUF LoRA adapters (none: the base alone); clears the KV cache.
+
+        An adapter that does not fit is refused (ModelFileError) and the adapters set before stay.
+        """
+        llm = self._require()
+        current = runtime_adapters.attached_to(llm)
+        if adapters:
+            runtime_adapters.attach(llm, [(a.path, a.scale) for a in adapters])
+        elif current is not None:
+            current.detach()  # also clears the KV cache, computed with the adapters
 
     def close(self) -> None:
         if self.llm is not None:
@@ -264,8 +203,8 @@ class Engine:
         return self.llm
 
     def tokenize(self, text: str) -> list[int]:
-        """Tokens of a prompt that carries its own <bos> and turn markers."""
-        return self._require().tokenize(text.encode("utf-8"), add_bos=False, special=True)
+        """Tokens of a prompt that carries its own <bos> and turn markers (only those are control tokens)."""
+        return tokenize_prompt(self._require(), text)
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenize(text))

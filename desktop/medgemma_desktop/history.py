@@ -8,6 +8,12 @@ the write-ahead log, so the words are gone from disk, not just hidden.
 
 A `History` object may be shared between threads (the chat worker saves a streaming answer
 while the window reads): one lock serialises its use of the connection.
+
+When saving fails (a full disk, another program holding the lock past a short wait, a read-only
+or failing disk) the transaction is rolled back, so later writes work once the cause is gone,
+and the caller gets one `HistoryWriteError`. A damaged file is found when it is opened
+(`PRAGMA quick_check`): `HistoryCorruptError`, and `move_aside()` puts it out of the way so a
+fresh history can start. The database, its -wal and -shm are readable by their owner only.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -24,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from medgemma_models.errors import StoreError
+from medgemma_models.files import PRIVATE_FILE_MODE, make_private
 from medgemma_models.store import history_path
 
 if TYPE_CHECKING:
@@ -31,8 +39,69 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-BUSY_TIMEOUT_S = 10.0
+# Short, because writes run where the user waits: a write that cannot get the lock in this
+# time fails, and the streaming writer keeps its text and tries again at its next save.
+BUSY_TIMEOUT_S = 2.0
 ROLES = ("user", "model")
+# The files SQLite keeps beside the database in WAL mode; they hold chat text too.
+SIDE_SUFFIXES = ("-wal", "-shm")
+
+
+class HistoryWriteError(StoreError):
+    """A change to the chat history could not be saved; nothing of it was written."""
+
+
+class HistoryCorruptError(StoreError):
+    """The chat history file is damaged; `move_aside(path)` sets it aside for a fresh start."""
+
+    def __init__(self, path: Path, detail: str) -> None:
+        super().__init__(f"{path} is not a usable chat history: {detail}")
+        self.path = path
+
+
+# Why a write failed, in the user's words, by SQLite's primary result code.
+_WRITE_PROBLEMS = {
+    sqlite3.SQLITE_FULL: "the disk is full",
+    sqlite3.SQLITE_BUSY: "another program is holding the file (is the app open twice?)",
+    sqlite3.SQLITE_LOCKED: "another program is holding the file (is the app open twice?)",
+    sqlite3.SQLITE_READONLY: "the file is read-only",
+    sqlite3.SQLITE_IOERR: "the disk reported an error",
+    sqlite3.SQLITE_CORRUPT: "the file is damaged",
+}
+_CORRUPTION = (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+
+
+def _primary_code(exc: sqlite3.Error) -> int | None:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code & 0xFF if code is not None else None  # extended codes carry the primary one in the low byte
+
+
+def side_files(path: Path) -> list[Path]:
+    """The -wal and -shm paths of a database file."""
+    return [path.with_name(path.name + suffix) for suffix in SIDE_SUFFIXES]
+
+
+def move_aside(path: Path) -> Path:
+    """Rename a damaged history (with its -wal and -shm) to `history.corrupt-<time>.sqlite3`.
+
+    The next `History(path)` then starts a fresh, empty history; the old file stays for rescue.
+    Returns the new name of the database file.
+    """
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    target = path.with_name(f"{path.stem}.corrupt-{stamp}{path.suffix}")
+    counter = 1
+    while target.exists():
+        counter += 1
+        target = path.with_name(f"{path.stem}.corrupt-{stamp}-{counter}{path.suffix}")
+    try:
+        # The log first: a -wal left beside a new database would be replayed into it.
+        for side, side_target in zip(side_files(path), side_files(target)):
+            if side.exists():
+                os.replace(side, side_target)
+        os.replace(path, target)
+    except OSError as exc:
+        raise StoreError(f"could not move the damaged chat history {path} aside: {exc.strerror or exc}") from exc
+    return target
 
 
 @dataclass(frozen=True)
@@ -143,6 +212,7 @@ class History:
         self._lock = threading.RLock()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._make_files_private()
             # isolation_level=None: we open transactions ourselves, always as BEGIN IMMEDIATE.
             self._db = sqlite3.connect(
                 self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
@@ -158,10 +228,31 @@ class History:
             # the streaming writer commits about once a second, so the fsync costs nothing noticeable.
             self._db.execute("PRAGMA synchronous = FULL")
             self._db.create_function("casefold", 1, _casefold, deterministic=True)
+            self._check_integrity()
             self._migrate()
         except sqlite3.DatabaseError as exc:
             self._db.close()
+            if _primary_code(exc) in _CORRUPTION:
+                raise HistoryCorruptError(self.path, str(exc)) from exc
             raise StoreError(f"{self.path} is not a usable chat history: {exc}") from exc
+        except StoreError:
+            self._db.close()
+            raise
+
+    def _make_files_private(self) -> None:
+        """Create the database file 0600 before SQLite opens it; SQLite gives -wal and -shm its mode."""
+        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, PRIVATE_FILE_MODE))
+        for path in (self.path, *side_files(self.path)):
+            if path.exists():  # files of an older version, made under the usual umask
+                make_private(path)
+
+    def _check_integrity(self) -> None:
+        # quick_check reads every page (not the index contents): a damaged file is found at
+        # start-up, where the user can be offered a fresh history, not in the middle of a chat.
+        problems = [row[0] for row in self._db.execute("PRAGMA quick_check").fetchall()]
+        if problems != ["ok"]:
+            first = " ".join(problems[0].split())  # its report spans several lines; the message is one
+            raise HistoryCorruptError(self.path, f"the file is damaged ({first[:160]})")
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -169,19 +260,36 @@ class History:
     def _write(self) -> Iterator[sqlite3.Connection]:
         """One transaction that holds the write lock from its first statement to its commit."""
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise self._write_error(exc) from exc
             try:
                 yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
+                self._db.execute("COMMIT")
+            except BaseException as exc:
+                # A failed COMMIT (disk full) leaves the transaction open: without this ROLLBACK
+                # every later write would fail with "cannot start a transaction within a transaction".
+                # SQLite may have rolled back already (it does on SQLITE_FULL in some cases).
+                if self._db.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        self._db.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.Error):
+                    raise self._write_error(exc) from exc
                 raise
-            self._db.execute("COMMIT")
+
+    def _write_error(self, exc: sqlite3.Error) -> HistoryWriteError:
+        problem = _WRITE_PROBLEMS.get(_primary_code(exc), str(exc))
+        return HistoryWriteError(f"could not save to the chat history {self.path}: {problem}")
 
     def _query(self, sql: str, params: tuple = ()) -> list[sqlite3.Row]:
         with self._lock:
-            cursor = self._db.execute(sql, params)
-            cursor.row_factory = sqlite3.Row
-            return cursor.fetchall()
+            try:
+                cursor = self._db.execute(sql, params)
+                cursor.row_factory = sqlite3.Row
+                return cursor.fetchall()
+            except sqlite3.Error as exc:
+                raise StoreError(f"could not read the chat history {self.path}: {exc}") from exc
 
     def _migrate(self) -> None:
         with self._write() as db:
@@ -198,6 +306,12 @@ class History:
     def applied_migrations(self) -> list[str]:
         """Names of the schema steps recorded in this database, in the order applied."""
         return [row["name"] for row in self._query("SELECT name FROM migrations ORDER BY rowid")]
+
+    def pragma(self, name: str) -> Any:
+        """A setting of this connection (`foreign_keys`, `busy_timeout`, …) or a check (`integrity_check`)."""
+        if not name.replace("_", "").isalpha():
+            raise ValueError(f"not a pragma name: {name!r}")
+        return self._query(f"PRAGMA {name}")[0][0]
 
     def close(self) -> None:
         with self._lock:
@@ -294,7 +408,10 @@ class History:
         waits up to the busy timeout and is otherwise done by the next checkpoint.
         """
         with self._lock:
-            busy, _, _ = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            try:
+                busy, _, _ = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            except sqlite3.Error as exc:
+                raise self._write_error(exc) from exc
         if busy:
             log.warning("chat history %s: the log could not be emptied now (another reader)", self.path)
 
@@ -418,6 +535,12 @@ class StreamingMessageWriter:
     to the message when `interval` has passed since the last write (checked on each piece,
     so between pieces nothing is written: call `flush()` from a timer if the source can
     stall for long). `finish()` writes the final state, also after a stop.
+
+    A save that fails (full disk, locked file) loses nothing: the text stays here, `pending`
+    stays True (the window shows "saving…") and the next `flush()`, or the next piece after
+    `interval`, tries again, with the final state too once `finish()` was called. The first
+    failure of a run raises `HistoryWriteError`, so the window tells the user once; the
+    failures after it are quiet (`error` holds the latest) until a save succeeds.
     """
 
     def __init__(
@@ -434,8 +557,15 @@ class StreamingMessageWriter:
         self.text = ""
         self.reasoning = ""
         self.writes = 0
+        self.error: HistoryWriteError | None = None
         self._dirty = False
+        self._final: tuple[dict | None, bool] | None = None  # (meta, complete) once finish() was called
         self._last_write = clock()
+
+    @property
+    def pending(self) -> bool:
+        """Whether text (or the final state) is waiting to be saved."""
+        return self._dirty
 
     def append(self, answer: str = "", reasoning: str = "") -> None:
         """Add answer and/or reasoning text; saves when `interval` has passed since the last save."""
@@ -448,16 +578,28 @@ class StreamingMessageWriter:
             self.flush()
 
     def flush(self) -> None:
-        """Save now what has not been saved yet (the message stays incomplete)."""
+        """Save now what has not been saved yet (the message stays incomplete until `finish`)."""
         if self._dirty:
-            self._save(meta=None, complete=False)
+            self._save()
 
     def finish(self, meta: dict | None = None, complete: bool = True) -> None:
         """The final save: `complete=False` marks an answer that was stopped or failed."""
-        self._save(meta=meta, complete=complete)
+        self._final = (meta, complete)
+        self._dirty = True
+        self._save()
 
-    def _save(self, meta: dict | None, complete: bool) -> None:
-        self.history.update_message(self.message_id, self.text, self.reasoning, meta=meta, complete=complete)
+    def _save(self) -> None:
+        meta, complete = self._final if self._final is not None else (None, False)
+        try:
+            self.history.update_message(self.message_id, self.text, self.reasoning, meta=meta, complete=complete)
+        except HistoryWriteError as exc:
+            self._last_write = self.clock()  # the next attempt waits `interval`, not the next piece
+            first_failure = self.error is None
+            self.error = exc
+            if first_failure:
+                raise
+            return
         self._last_write = self.clock()
         self._dirty = False
+        self.error = None
         self.writes += 1

@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
-from .prompt import THINK_OFF_PREFIX, Turn, format_chat, format_completion
+from .prompt import THINK_OFF_PREFIX, Prompt, Turn, format_chat, format_completion
+from .provenance import Provenance
 
 DEFAULT_PRESET = "gemma-chat"
 
@@ -54,8 +55,11 @@ class Preset:
             text = f"{text}\n{self.think_instruction}" if text else self.think_instruction
         return text or None
 
-    def build_prompt(self, turns: Sequence[Turn], system: str | None = None, think: bool = True) -> str:
-        """The prompt for the next model turn after `turns` (which end with a user turn)."""
+    def build_prompt(self, turns: Sequence[Turn], system: str | None = None, think: bool = True) -> Prompt:
+        """The prompt for the next model turn after `turns` (which end with a user turn).
+
+        A `Prompt`: a string, whose `segments` tell the formatter's markers from the text.
+        """
         if not turns or turns[-1].role != "user":
             raise ValueError("the last turn must be the user's")
         if self.format == "completion":
@@ -121,3 +125,29 @@ def preset_for(adapter_ids: Sequence[str] = (), base_id: str | None = None) -> P
             if spec.id in preset.base_ids:
                 return preset
     return None
+
+
+def choose_preset(
+    adapter_ids: Sequence[str] = (),
+    base_id: str | None = None,
+    named: str | None = None,
+    adapter_bases: Sequence[str] = (),
+) -> Preset | None:
+    """The preset for a model: the one `named` (when the catalog knows it), else the one its
+    adapters or its base were trained for, else the one of the base its adapters name.
+
+    The converter uses it to record a preset in an export, the app to pick one for a file.
+    """
+    if named is not None and named in presets():
+        return presets()[named]
+    found = preset_for(adapter_ids, base_id)
+    for adapter_base in adapter_bases:
+        found = found or preset_for((), adapter_base)
+    return found
+
+
+def preset_for_provenance(provenance: Provenance) -> str:
+    """The preset name a GGUF's provenance points to, else plain chat."""
+    found = choose_preset(provenance.adapter_ids, provenance.base, provenance.preset,
+                          [a.base for a in provenance.adapters if a.base])
+    return found.name if found is not None else DEFAULT_PRESET

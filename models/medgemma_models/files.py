@@ -11,10 +11,40 @@ from pathlib import Path
 from .errors import OutputError
 
 PARTIAL_SUFFIX = ".partial"
+# Chats and the files made from them are medical data: only their owner may read them.
+PRIVATE_FILE_MODE = 0o600
+PRIVATE_FOLDER_MODE = 0o700
 
 
-def partial_path(path: Path) -> Path:
-    return path.with_name(path.name + PARTIAL_SUFFIX)
+def partial_path(path: Path, per_process: bool = False) -> Path:
+    """NAME.partial, or NAME.<pid>.partial when several processes may write NAME at once."""
+    return path.with_name(f"{path.name}.{os.getpid()}{PARTIAL_SUFFIX}" if per_process else path.name + PARTIAL_SUFFIX)
+
+
+def create_partial(path: Path, per_process: bool = False) -> Path:
+    """Create NAME.partial as a new empty file of our own, and return its path.
+
+    Whatever has that name already (a stale partial, or a symlink planted to make us overwrite its
+    target) is unlinked, never followed, and the file is created exclusively. Writers that open it
+    by name later write into this file as long as no one else may rename files in the folder (a
+    private folder, or a sticky one such as /tmp).
+    """
+    temporary = partial_path(path, per_process)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(temporary)
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), PRIVATE_FILE_MODE)
+    os.close(fd)
+    return temporary
+
+
+def make_private(path: Path, mode: int = PRIVATE_FILE_MODE) -> None:
+    """Give `path` exactly `mode` on POSIX, whatever the umask; a no-op when it has it already.
+
+    On Windows the permission bits mean nothing: files inherit the ACL of their folder, and the
+    user's own profile folders (where the app keeps its data) are private to that user.
+    """
+    if os.name == "posix" and os.stat(path).st_mode & 0o777 != mode:
+        os.chmod(path, mode)
 
 
 def check_writable(path: Path, force: bool = False) -> None:
@@ -29,19 +59,22 @@ def check_writable(path: Path, force: bool = False) -> None:
 
 
 @contextlib.contextmanager
-def atomic_output(path: Path, force: bool = False) -> Iterator[Path]:
+def atomic_output(path: Path, force: bool = False, per_process: bool = False) -> Iterator[Path]:
     """Yield a temporary path; on success it replaces `path`, on any failure it is removed.
 
     Readers never see a half-written file, and an interrupted run (Ctrl-C, a full disk)
-    leaves nothing behind.
+    leaves nothing behind. `per_process`: a temporary name of this process's own, for a file
+    several processes may write at the same time (each renames a whole copy; the last one stays).
     """
     path = Path(path)
     check_writable(path, force)
-    temporary = partial_path(path)
+    temporary = partial_path(path, per_process)
     try:
+        create_partial(path, per_process)
         yield temporary
         with open(temporary, "rb+") as written:
             os.fsync(written.fileno())
+        make_private(temporary)  # exact 0600 whatever the umask, and whoever created the file
         if path.exists() and not force:
             raise OutputError(f"{path} already exists (pass --force to replace it)")
         os.replace(temporary, path)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,14 +10,9 @@ from typing import Any
 import gguf
 import numpy as np
 
+from . import provenance as prov
 from .errors import ModelFileError
-
-# Provenance keys this project writes into its exports and reads back.
-PROVENANCE_BASE = "medgemma.base"
-PROVENANCE_ADAPTERS = "medgemma.adapters"
-PROVENANCE_PRESET = "medgemma.preset"
-PROVENANCE_CONVERTER = "medgemma.converter"
-PROVENANCE_KEYS = (PROVENANCE_BASE, PROVENANCE_ADAPTERS, PROVENANCE_PRESET, PROVENANCE_CONVERTER)
+from .gguf_compat import HeaderReader
 
 SUPPORTED_ARCHITECTURES = ("gemma3", "gemma2", "gemma")
 
@@ -51,10 +45,9 @@ class ModelInfo:
     def is_gemma(self) -> bool:
         return self.architecture in SUPPORTED_ARCHITECTURES
 
-    def summary(self) -> str:
-        """One line for lists: name, architecture, quantization and real bits per weight."""
-        params = human_count(self.parameter_count)
-        return f"{self.name} · {self.architecture} · {params} · {self.file_type} ({self.bits_per_weight:.2f} bpw)"
+    def typed_provenance(self) -> prov.Provenance:
+        """The provenance keys with their types checked (malformed values are left out)."""
+        return prov.Provenance.from_dict(self.provenance)
 
     def to_dict(self) -> dict[str, Any]:
         data = {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -70,56 +63,33 @@ def human_count(n: int) -> str:
     return str(n)
 
 
-class _HeaderReader(gguf.GGUFReader):
-    """GGUFReader that steps over the items of array fields instead of parsing each one.
-
-    A Gemma vocabulary is three arrays of 262,144 items; GGUFReader makes several numpy
-    objects per item, which takes seconds. ModelInfo needs only their lengths, so an
-    array field here keeps its item type and length (parts[1]) and no items.
-    """
-
-    def _get_field_parts(self, orig_offs: int, raw_type: int) -> tuple[int, list, list[int], list]:
-        if raw_type != gguf.GGUFValueType.ARRAY:
-            return super()._get_field_parts(orig_offs, raw_type)
-        raw_itype = self._get(orig_offs, np.uint32)
-        alen = self._get(orig_offs + 4, np.uint64)
-        itype = gguf.GGUFValueType(int(raw_itype[0]))
-        offs = orig_offs + 12
-        count = int(alen[0])
-        if itype == gguf.GGUFValueType.STRING:
-            view = memoryview(self.data)
-            for _ in range(count):
-                offs += 8 + struct.unpack_from("<Q", view, offs)[0]
-        elif itype in self.gguf_scalar_to_np:
-            offs += count * np.dtype(self.gguf_scalar_to_np[itype]).itemsize
-        else:
-            return super()._get_field_parts(orig_offs, raw_type)
-        if offs > len(self.data):
-            raise ValueError("an array runs past the end of the file")
-        return offs - orig_offs, [raw_itype, alen], [], [gguf.GGUFValueType.ARRAY, itype]
-
-
 def _array_length(reader: gguf.GGUFReader, key: str) -> int | None:
     f = reader.get_field(key)
     return int(f.parts[-1][0]) if f is not None and f.types and f.types[0] == gguf.GGUFValueType.ARRAY else None
 
 
-def read_model_info(path: Path | str) -> ModelInfo:
-    """Read a GGUF header; any file that is not a complete GGUF raises ModelFileError."""
+def open_header(path: Path | str, what: str = "model file") -> HeaderReader:
+    """A GGUF's header, read fast (array items skipped); anything that is not a GGUF raises ModelFileError."""
     path = Path(path)
     if not path.is_file():
-        raise ModelFileError(f"no such model file: {path}")
-    size = path.stat().st_size
-    if size == 0:
-        raise ModelFileError(f"{path.name} is empty (0 bytes), not a GGUF model")
+        raise ModelFileError(f"no such {what}: {path}")
+    if path.stat().st_size == 0:
+        raise ModelFileError(f"{path.name} is empty (0 bytes), not a GGUF {what}")
     with open(path, "rb") as head:
         magic = head.read(4)
     if magic != b"GGUF":
         raise ModelFileError(f"{path.name} is not a GGUF file (it starts with {magic!r}, not b'GGUF')")
     try:
-        reader = _HeaderReader(path)
+        return HeaderReader(path)
     except (ValueError, IndexError, OverflowError, UnicodeDecodeError, KeyError, TypeError, struct.error) as exc:
         raise ModelFileError(f"{path.name} is a corrupt or truncated GGUF file ({exc})") from exc
+
+
+def read_model_info(path: Path | str) -> ModelInfo:
+    """Read a GGUF header; any file that is not a complete GGUF raises ModelFileError."""
+    path = Path(path)
+    reader = open_header(path)
+    size = path.stat().st_size
     if not reader.tensors:
         raise ModelFileError(f"{path.name} holds no tensors")
     end = max(t.data_offset + t.n_bytes for t in reader.tensors)
@@ -150,10 +120,10 @@ def _info_from_reader(path: Path, size: int, reader: gguf.GGUFReader) -> ModelIn
     if vocab is None:
         vocab = _array_length(reader, gguf.Keys.Tokenizer.LIST)
     provenance = {}
-    for key in PROVENANCE_KEYS:
+    for key in prov.KEYS:
         v = value(key)
         if v is not None:
-            provenance[key.removeprefix("medgemma.")] = _maybe_json(v) if key == PROVENANCE_ADAPTERS else v
+            provenance[prov.short_name(key)] = prov.decode_json(v) if key == prov.KEY_ADAPTERS else v
     return ModelInfo(
         path=path,
         file_size=size,
@@ -184,10 +154,3 @@ def _file_type_name(code: Any, types: dict[str, int]) -> str:
 
 def _int(v: Any) -> int | None:
     return int(v) if isinstance(v, (int, np.integer)) else None
-
-
-def _maybe_json(v: str) -> Any:
-    try:
-        return json.loads(v)
-    except (TypeError, ValueError):
-        return v

@@ -1,8 +1,14 @@
-"""Gemma prompt formatting: chat turns with no system role, one BOS, and completion templates."""
+"""Gemma prompt formatting: chat turns with no system role, one BOS, and completion templates.
+
+A formatted prompt is a `Prompt`: the string it always was, plus its segments, each either one of
+the formatter's own markers (`<bos>`, `<start_of_turn>`, `<end_of_turn>`) or text. Text (what the
+user typed, the system text, earlier answers) must be tokenized as text: a user who types
+`<end_of_turn>` must not end their turn, and a marker a model spelled out must not become one.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -12,6 +18,32 @@ END_OF_TURN = "<end_of_turn>"
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
 THINK_OFF_PREFIX = THINK_OPEN + THINK_CLOSE
+# The control tokens this formatter writes; nothing else in a prompt is a control token.
+MARKERS = (BOS, START_OF_TURN, END_OF_TURN)
+
+
+@dataclass(frozen=True)
+class PromptSegment:
+    """A run of prompt text: `marker` for one of `MARKERS` written by the formatter, else literal text."""
+
+    text: str
+    marker: bool = False
+
+
+class Prompt(str):
+    """A formatted prompt: usable as a plain string, and carrying the `segments` it was built from."""
+
+    segments: tuple[PromptSegment, ...]
+
+    def __new__(cls, segments: Iterable[PromptSegment]) -> Prompt:
+        segments = tuple(segments)
+        prompt = super().__new__(cls, "".join(segment.text for segment in segments))
+        prompt.segments = segments
+        return prompt
+
+
+def _marker(text: str) -> PromptSegment:
+    return PromptSegment(text, marker=True)
 
 
 @dataclass(frozen=True)
@@ -35,22 +67,23 @@ def format_chat(
     system: str | None = None,
     add_generation_prompt: bool = True,
     generation_prefix: str = "",
-) -> str:
+) -> Prompt:
     """The exact text Gemma was trained on, starting with its single BOS.
 
     Turn text is kept as it is (not trimmed) so that the prompt of turn N extends
     the prompt and answer of turn N-1 token for token and the KV cache is reused.
     """
-    parts = [BOS]
+    segments = [_marker(BOS)]
     for turn in fold_system(turns, system):
         if turn.role not in ("user", "model"):
             raise ValueError(f"unknown role {turn.role!r}: Gemma knows 'user' and 'model'")
-        parts.append(f"{START_OF_TURN}{turn.role}\n{turn.text}{END_OF_TURN}\n")
+        segments += [_marker(START_OF_TURN), PromptSegment(f"{turn.role}\n{turn.text}"), _marker(END_OF_TURN),
+                     PromptSegment("\n")]
     if add_generation_prompt:
-        parts.append(f"{START_OF_TURN}model\n{generation_prefix}")
-    return "".join(parts)
+        segments += [_marker(START_OF_TURN), PromptSegment(f"model\n{generation_prefix}")]
+    return Prompt(segments)
 
 
-def format_completion(template: str, **fields: str) -> str:
+def format_completion(template: str, **fields: str) -> Prompt:
     """A plain template for adapters trained without chat turns, with the BOS in front."""
-    return BOS + template.format(**fields)
+    return Prompt([_marker(BOS), PromptSegment(template.format(**fields))])

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -30,6 +29,8 @@ sys.path.insert(0, str(ROOT / "tests" / "convert"))
 
 from hf_base import GEMMA3_1B, TOKENIZER_FILES, build_hf_base, random_gemma3  # noqa: E402
 from tiny import ALL_PROJECTIONS, make_adapter  # noqa: E402
+
+from medgemma_models.offline import go_offline  # noqa: E402
 
 BENCH_VENV = ROOT / ".bench-venv"
 TORCH_SPEC = "torch==2.13.0"  # the same CPU build as ours, pinned before the converter pulls torch in
@@ -226,7 +227,7 @@ def main() -> int:
     parser.add_argument("--work", type=Path, help="folder for the models made (default: a temporary one)")
     parser.add_argument("--skip-1b", action="store_true", help="only the 270M")
     args, _ = parser.parse_known_args()  # run_all.py passes its own arguments on to every benchmark
-    os.environ["HF_HUB_OFFLINE"] = "1"
+    go_offline()
     converter = ensure_bench_venv()
     with tempfile.TemporaryDirectory(prefix="medgemma-bench-convert-") as tmp:
         work = args.work or Path(tmp)

@@ -35,10 +35,10 @@ def test_dialog_converts_and_reports(qtbot, tiny, tmp_path):
     expected = [str(folder / "tiny-q8_0.gguf"), str(folder / "tiny-q4_k_m.gguf")]
     assert converted == expected and dialog.outputs == expected
     assert sorted(p.name for p in folder.iterdir()) == ["tiny-q4_k_m.gguf", "tiny-q8_0.gguf"]
-    for output in dialog.report["outputs"]:
-        assert output["sha256"] == sha256_file(Path(output["path"]))
-        assert read_model_info(Path(output["path"])).file_type == output["quant"].upper()
-    assert dialog.report["inputs"]["adapters"][0]["scale"] == 0.5
+    for output in dialog.report.outputs:
+        assert output.sha256 == sha256_file(Path(output.path))
+        assert read_model_info(Path(output.path)).file_type == output.quant.upper()
+    assert dialog.report.inputs["adapters"][0]["scale"] == 0.5
     seen = {stage for stage, _, _ in stages}
     assert "export f32" in seen and "quantize q8_0+q4_k_m" in seen
     assert dialog.progress.value() == dialog.progress.maximum()

@@ -38,14 +38,14 @@ def _floats() -> np.ndarray:
 
 
 def test_ggml_converters_are_loaded_here():
-    for conversion in casts._GGML_ROWS:  # otherwise the tests below compare numpy with itself
-        assert casts._ggml_row(conversion) is not None, conversion
+    for conversion in casts.GGML_ROWS:  # otherwise the tests below compare numpy with itself
+        assert casts.ggml_row(conversion) is not None, conversion
 
 
 @pytest.mark.parametrize("use_ggml", [True, False])
 def test_float_conversions_round_as_numpy_and_gguf_do(use_ggml, monkeypatch):
     if not use_ggml:
-        monkeypatch.setattr(casts, "_ggml_row", lambda conversion: None)
+        monkeypatch.setattr(casts, "ggml_row", lambda conversion: None)
     values = _floats()
     with np.errstate(over="ignore"):
         expected_f16 = values.astype(np.float16)
@@ -76,9 +76,12 @@ def _write_kv(writer_class: type, path: Path) -> bytes:
 
 def test_bulk_array_writer_writes_what_gguf_py_writes(tmp_path):
     assert _write_kv(BulkArrayWriter, tmp_path / "bulk.gguf") == _write_kv(gguf.GGUFWriter, tmp_path / "plain.gguf")
-    mixed = [1] * 1500 + [2.5]  # not one type: gguf-py refuses, and so does the bulk path
+    mixed = BulkArrayWriter(tmp_path / "mixed.gguf", "gemma3")
+    mixed.add_array("test.mixed", [1] * 1500 + [2.5])  # not one type: gguf-py refuses, and so does the bulk path
+    mixed.write_header_to_file()
     with pytest.raises(ValueError, match="same type"):
-        BulkArrayWriter(None, "gemma3")._pack_val(mixed, gguf.GGUFValueType.ARRAY, add_vtype=True)
+        mixed.write_kv_data_to_file()
+    mixed.close()
 
 
 def _export(base: Path, out: Path, quant: str, adapters: tuple[str, ...] = ()) -> dict:
@@ -158,12 +161,12 @@ def test_bfloat16_base_round_trips_exactly(tiny, tmp_path):
 
 
 def test_conversion_does_not_import_torch(tiny, tmp_path):
-    """The merge and export run on numpy: torch and friends are loaded only by --verify."""
+    """The merge and export run on numpy: torch and friends are loaded only to check the outputs."""
     script = (
         "import json, sys\n"
         "from medgemma_convert.cli import main\n"
         f"code = main(['--base', {str(tiny.base('gemma3'))!r}, '--adapter', {str(tiny.adapter('gemma3', 'qv'))!r},"
-        f" '--out', {str(tmp_path / 'm.gguf')!r}, '--quant', 'f16,q8_0', '--progress', 'none'])\n"
+        f" '--out', {str(tmp_path / 'm.gguf')!r}, '--quant', 'f16,q8_0', '--no-verify', '--progress', 'none'])\n"
         "heavy = ('torch', 'transformers', 'peft', 'safetensors')\n"
         "print(json.dumps({'code': code, 'loaded': [m for m in heavy if m in sys.modules]}))\n"
     )

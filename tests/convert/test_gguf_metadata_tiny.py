@@ -144,16 +144,16 @@ def test_several_quants_from_one_pass(tiny, token_ids, tmp_path):
     out = tmp_path / "model.gguf"
     report = export(tiny.base("gemma3"), out, [str(tiny.adapter("gemma3", "all"))], quant="f16,q8_0,q4_k_m")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model-f16.gguf", "model-q4_k_m.gguf", "model-q8_0.gguf"]
-    by_quant = {o["quant"]: o for o in report["outputs"]}
+    by_quant = {o.quant: o for o in report.outputs}
     for quant, output in by_quant.items():
-        info = read_model_info(output["path"])
-        assert output["file_type"] == info.file_type == quant.upper()
-        assert output["tensor_types"] == info.tensor_types
-        assert output["bits_per_weight"] == pytest.approx(info.bits_per_weight, abs=1e-4)
+        info = read_model_info(output.path)
+        assert output.file_type == info.file_type == quant.upper()
+        assert output.tensor_types == info.tensor_types
+        assert output.bits_per_weight == pytest.approx(info.bits_per_weight, abs=1e-4)
         assert info.provenance["adapters"][0]["id"] == str(tiny.adapter("gemma3", "all"))  # kept by llama.cpp's quantizer
     # Rows of 64 and 128 columns are not multiples of 256: Q4_K_M falls back, and the report says so.
-    assert "Q4_K" not in by_quant["q4_k_m"]["tensor_types"]
-    assert by_quant["q4_k_m"]["bits_per_weight"] > 4.5
+    assert "Q4_K" not in by_quant["q4_k_m"].tensor_types
+    assert by_quant["q4_k_m"].bits_per_weight > 4.5
     f16 = llama_logits(tmp_path / "model-f16.gguf", token_ids)
     q8 = llama_logits(tmp_path / "model-q8_0.gguf", token_ids)
     assert kld(f16, q8).mean() < 0.01
@@ -166,6 +166,6 @@ def test_row_blocks_write_the_same_bytes(tiny, tmp_path, monkeypatch, quant):
     from medgemma_convert import merge
 
     export(tiny.base("gemma2"), tmp_path / "whole.gguf", quant=quant)
-    monkeypatch.setattr(merge, "_BLOCK_ELEMENTS", 1000)
+    monkeypatch.setattr(merge, "BLOCK_ELEMENTS", 1000)
     export(tiny.base("gemma2"), tmp_path / "blocks.gguf", quant=quant)
     assert (tmp_path / "whole.gguf").read_bytes() == (tmp_path / "blocks.gguf").read_bytes()

@@ -250,6 +250,9 @@ def test_interrupt_leaves_nothing(tiny, out_dir, signal_name, stage):
     # written, every time: the f16 export, or the quantizers running on their own threads.
     script = (
         "import os, signal, sys\n"
+        # A shell starts background jobs with SIGINT ignored and children inherit that: undo it,
+        # as an interactive terminal would have it, so the test means the same however it is run.
+        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
         "from medgemma_convert import progress\n"
         "shown = progress.JsonLines.__call__\n"
         "def interrupting(self, stage, done, total):\n"
@@ -284,10 +287,10 @@ def test_hub_id_offline_names_the_folder_to_pass(tiny, out_dir, tmp_path):
         assert list(out_dir.iterdir()) == []
         return result.stderr
 
-    message = refused("--base", "google/gemma-3-270m")
+    message = refused("--base", "hub:google/gemma-3-270m")
     assert message.startswith("error: google/gemma-3-270m is not in the hub cache and the hub cannot be reached (offline)")
     assert "pass its local folder as --base" in message
-    message = refused("--base", str(tiny.base("gemma3")), "--adapter", "someone/medical-lora")
+    message = refused("--base", str(tiny.base("gemma3")), "--adapter", "hub:someone/medical-lora")
     assert message.startswith("error: someone/medical-lora is not in the hub cache")
     assert "pass its local folder as --adapter" in message
 

@@ -21,7 +21,7 @@ def db_path(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def history(db_path: Path):
+def db(db_path: Path):
     with History(db_path) as opened:
         yield opened
 
@@ -41,8 +41,8 @@ class SteppedClock:
         return self.now
 
 
-def test_new_database_uses_wal_and_records_migrations(db_path: Path, history: History) -> None:
-    assert history.applied_migrations() == [name for name, _ in MIGRATIONS]
+def test_new_database_uses_wal_and_records_migrations(db_path: Path, db: History) -> None:
+    assert db.applied_migrations() == [name for name, _ in MIGRATIONS]
     raw = sqlite3.connect(db_path)
     assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     tables = {row[0] for row in raw.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
@@ -56,13 +56,14 @@ def test_reopening_applies_no_migration_twice(db_path: Path) -> None:
     with History(db_path) as again:
         assert again.applied_migrations() == [name for name, _ in MIGRATIONS]
         assert again.chat(chat).title == "kept"
-        assert again._query("SELECT count(*) AS n FROM migrations")[0]["n"] == len(MIGRATIONS)
+    with sqlite3.connect(db_path) as raw:
+        assert raw.execute("SELECT count(*) FROM migrations").fetchone()[0] == len(MIGRATIONS)
 
 
-def test_connection_settings(history: History) -> None:
-    assert history._query("PRAGMA foreign_keys")[0][0] == 1
-    assert history._query("PRAGMA secure_delete")[0][0] == 1
-    assert history._query("PRAGMA busy_timeout")[0][0] >= 1000
+def test_connection_settings(db: History) -> None:
+    assert db.pragma("foreign_keys") == 1
+    assert db.pragma("secure_delete") == 1
+    assert db.pragma("busy_timeout") >= 1000
 
 
 def test_default_file_is_in_the_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -81,45 +82,45 @@ def test_a_file_that_is_not_a_database_is_a_clear_error(tmp_path: Path) -> None:
     assert "\n" not in str(caught.value)
 
 
-def test_chats_are_listed_newest_first_and_renamed(history: History) -> None:
-    first = history.create_chat("First", model={"name": "gemma-3-270m"}, settings={"temperature": 0.2})
-    second = history.create_chat("Second")
-    assert [c.id for c in history.chats()] == [second, first]
-    history.add_message(first, "user", "a new message moves the chat to the top")
-    assert [c.id for c in history.chats()] == [first, second]
-    history.rename_chat(second, "Renamed")
-    summaries = {c.id: c for c in history.chats()}
+def test_chats_are_listed_newest_first_and_renamed(db: History) -> None:
+    first = db.create_chat("First", model={"name": "gemma-3-270m"}, settings={"temperature": 0.2})
+    second = db.create_chat("Second")
+    assert [c.id for c in db.chats()] == [second, first]
+    db.add_message(first, "user", "a new message moves the chat to the top")
+    assert [c.id for c in db.chats()] == [first, second]
+    db.rename_chat(second, "Renamed")
+    summaries = {c.id: c for c in db.chats()}
     assert summaries[second].title == "Renamed"
     assert summaries[first].model_name == "gemma-3-270m"
     assert summaries[second].model_name is None
-    assert history.chat_settings(first) == {"temperature": 0.2}
-    history.set_chat_settings(first, {"temperature": 0.9, "think": False})
-    assert history.chat_settings(first) == {"temperature": 0.9, "think": False}
-    history.set_chat_model(second, {"name": "other"})
-    assert history.chat(second).model_name == "other"
-    assert history.chat_model(second) == {"name": "other"}
+    assert db.chat_settings(first) == {"temperature": 0.2}
+    db.set_chat_settings(first, {"temperature": 0.9, "think": False})
+    assert db.chat_settings(first) == {"temperature": 0.9, "think": False}
+    db.set_chat_model(second, {"name": "other"})
+    assert db.chat(second).model_name == "other"
+    assert db.chat_model(second) == {"name": "other"}
 
 
-def test_search_matches_title_or_text_in_any_case(history: History) -> None:
-    fever = history.create_chat("Fever in a child")
-    rash = history.create_chat("Skin")
-    history.add_message(rash, "user", "A RASH on both arms after the Ärztin changed the cream")
-    history.add_message(rash, "model", "Possibly contact dermatitis.", reasoning="hidden thought about eczema")
-    assert [c.id for c in history.chats("fever")] == [fever]
-    assert [c.id for c in history.chats("rash on")] == [rash]
-    assert [c.id for c in history.chats("ärztin")] == [rash]  # non-ASCII case folding
-    assert [c.id for c in history.chats("DERMATITIS")] == [rash]
-    assert history.chats("no such words") == []
-    assert len(history.chats("   ")) == 2
-    assert history.chats("100%") == []  # LIKE wildcards mean nothing here
+def test_search_matches_title_or_text_in_any_case(db: History) -> None:
+    fever = db.create_chat("Fever in a child")
+    rash = db.create_chat("Skin")
+    db.add_message(rash, "user", "A RASH on both arms after the Ärztin changed the cream")
+    db.add_message(rash, "model", "Possibly contact dermatitis.", reasoning="hidden thought about eczema")
+    assert [c.id for c in db.chats("fever")] == [fever]
+    assert [c.id for c in db.chats("rash on")] == [rash]
+    assert [c.id for c in db.chats("ärztin")] == [rash]  # non-ASCII case folding
+    assert [c.id for c in db.chats("DERMATITIS")] == [rash]
+    assert db.chats("no such words") == []
+    assert len(db.chats("   ")) == 2
+    assert db.chats("100%") == []  # LIKE wildcards mean nothing here
 
 
-def test_messages_round_trip(history: History) -> None:
-    chat = history.create_chat()
-    user = history.add_message(chat, "user", "What causes anaemia?")
-    answer = history.add_message(chat, "model", "", reasoning="", meta={"preset": "gemma-chat"}, complete=False)
-    history.update_message(answer, "Iron deficiency, most often.", "Think about common causes.")
-    stored = history.messages(chat)
+def test_messages_round_trip(db: History) -> None:
+    chat = db.create_chat()
+    user = db.add_message(chat, "user", "What causes anaemia?")
+    answer = db.add_message(chat, "model", "", reasoning="", meta={"preset": "gemma-chat"}, complete=False)
+    db.update_message(answer, "Iron deficiency, most often.", "Think about common causes.")
+    stored = db.messages(chat)
     assert [m.id for m in stored] == [user, answer]
     assert stored[0].role == "user" and stored[0].complete and stored[0].meta == {}
     model = stored[1]
@@ -127,97 +128,97 @@ def test_messages_round_trip(history: History) -> None:
     assert model.reasoning == "Think about common causes."
     assert model.meta == {"preset": "gemma-chat"}  # meta=None keeps what was there
     assert not model.complete
-    history.update_message(answer, model.text, model.reasoning, meta={"stats": {"generated_tokens": 7}}, complete=True)
-    final = history.message(answer)
+    db.update_message(answer, model.text, model.reasoning, meta={"stats": {"generated_tokens": 7}}, complete=True)
+    final = db.message(answer)
     assert final.complete and final.meta == {"stats": {"generated_tokens": 7}}
     assert final.updated_at >= final.created_at
 
 
-def test_bad_roles_and_missing_rows(history: History) -> None:
-    chat = history.create_chat()
+def test_bad_roles_and_missing_rows(db: History) -> None:
+    chat = db.create_chat()
     with pytest.raises(ValueError):
-        history.add_message(chat, "system", "no system role in Gemma")
+        db.add_message(chat, "system", "no system role in Gemma")
     with pytest.raises(StoreError):
-        history.chat(9999)
+        db.chat(9999)
     with pytest.raises(StoreError):
-        history.add_message(9999, "user", "to nowhere")
+        db.add_message(9999, "user", "to nowhere")
     with pytest.raises(StoreError):
-        history.update_message(9999, "x", "")
+        db.update_message(9999, "x", "")
     with pytest.raises(StoreError):
-        history.rename_chat(9999, "x")
+        db.rename_chat(9999, "x")
 
 
-def test_delete_messages_from_cuts_the_tail_of_one_chat(history: History) -> None:
-    chat, other = history.create_chat(), history.create_chat()
-    ids = [history.add_message(chat, role, f"m{i}") for i, role in enumerate(["user", "model"] * 3)]
-    kept_elsewhere = history.add_message(other, "user", "untouched")
-    history.delete_messages_from(ids[3])
-    assert [m.id for m in history.messages(chat)] == ids[:3]
-    assert [m.id for m in history.messages(other)] == [kept_elsewhere]
+def test_delete_messages_from_cuts_the_tail_of_one_chat(db: History) -> None:
+    chat, other = db.create_chat(), db.create_chat()
+    ids = [db.add_message(chat, role, f"m{i}") for i, role in enumerate(["user", "model"] * 3)]
+    kept_elsewhere = db.add_message(other, "user", "untouched")
+    db.delete_messages_from(ids[3])
+    assert [m.id for m in db.messages(chat)] == ids[:3]
+    assert [m.id for m in db.messages(other)] == [kept_elsewhere]
     # New messages after a cut come after the ones kept.
-    again = history.add_message(chat, "model", "regenerated")
-    assert [m.id for m in history.messages(chat)] == [*ids[:3], again]
+    again = db.add_message(chat, "model", "regenerated")
+    assert [m.id for m in db.messages(chat)] == [*ids[:3], again]
 
 
-def test_settings_are_json_values(history: History) -> None:
-    assert history.get_setting("notice_acknowledged") is None
-    assert history.get_setting("notice_acknowledged", False) is False
-    history.set_setting("notice_acknowledged", True)
-    history.set_setting("last_model", "/models/a.gguf")
-    history.set_setting("window", {"width": 900, "splitter": [200, 700]})
-    history.set_setting("last_model", "/models/b.gguf")
-    assert history.get_setting("notice_acknowledged") is True
-    assert history.get_setting("last_model") == "/models/b.gguf"
-    assert history.get_setting("window") == {"width": 900, "splitter": [200, 700]}
-    assert history.model_settings("abc123") is None
-    history.set_model_settings("abc123", {"temperature": 0.3, "n_ctx": 2048})
-    history.set_model_settings("abc123", {"temperature": 0.4, "n_ctx": 2048})
-    assert history.model_settings("abc123") == {"temperature": 0.4, "n_ctx": 2048}
+def test_settings_are_json_values(db: History) -> None:
+    assert db.get_setting("notice_acknowledged") is None
+    assert db.get_setting("notice_acknowledged", False) is False
+    db.set_setting("notice_acknowledged", True)
+    db.set_setting("last_model", "/models/a.gguf")
+    db.set_setting("window", {"width": 900, "splitter": [200, 700]})
+    db.set_setting("last_model", "/models/b.gguf")
+    assert db.get_setting("notice_acknowledged") is True
+    assert db.get_setting("last_model") == "/models/b.gguf"
+    assert db.get_setting("window") == {"width": 900, "splitter": [200, 700]}
+    assert db.model_settings("abc123") is None
+    db.set_model_settings("abc123", {"temperature": 0.3, "n_ctx": 2048})
+    db.set_model_settings("abc123", {"temperature": 0.4, "n_ctx": 2048})
+    assert db.model_settings("abc123") == {"temperature": 0.4, "n_ctx": 2048}
 
 
-def test_delete_chat_removes_the_text_from_the_files(db_path: Path, history: History) -> None:
+def test_delete_chat_removes_the_text_from_the_files(db_path: Path, db: History) -> None:
     secret = "ZEBRA-PANCREAS-4711"
-    kept = history.create_chat("Kept chat")
-    history.add_message(kept, "user", "an unrelated question that stays")
-    chat = history.create_chat(f"Title {secret}")
-    history.add_message(chat, "user", f"My patient id is {secret}, what now? " * 20)
-    answer = history.add_message(chat, "model", "", complete=False)
-    writer = StreamingMessageWriter(history, answer, interval=0.0)
+    kept = db.create_chat("Kept chat")
+    db.add_message(kept, "user", "an unrelated question that stays")
+    chat = db.create_chat(f"Title {secret}")
+    db.add_message(chat, "user", f"My patient id is {secret}, what now? " * 20)
+    answer = db.add_message(chat, "model", "", complete=False)
+    writer = StreamingMessageWriter(db, answer, interval=0.0)
     for i in range(30):  # many versions of the row, as a streaming answer leaves behind
         writer.append(answer=f"{secret} piece {i}. ", reasoning=f"thinking about {secret} {i}. ")
     writer.finish()
     assert secret.encode() in file_bytes(db_path.parent)
 
-    history.delete_chat(chat)
+    db.delete_chat(chat)
 
     assert secret.encode() not in file_bytes(db_path.parent)
-    assert [c.id for c in history.chats()] == [kept]
-    assert history.messages(chat) == []
-    assert history.messages(kept)[0].text == "an unrelated question that stays"
+    assert [c.id for c in db.chats()] == [kept]
+    assert db.messages(chat) == []
+    assert db.messages(kept)[0].text == "an unrelated question that stays"
 
 
-def test_delete_chat_while_another_window_has_the_file_open(db_path: Path, history: History) -> None:
+def test_delete_chat_while_another_window_has_the_file_open(db_path: Path, db: History) -> None:
     secret = "OKAPI-SPLEEN-0815"
     with History(db_path) as other_window:
         chat = other_window.create_chat("shared")
         other_window.add_message(chat, "user", f"{secret} " * 50)
-        assert [c.id for c in history.chats()] == [chat]
-        history.delete_chat(chat)
+        assert [c.id for c in db.chats()] == [chat]
+        db.delete_chat(chat)
         assert other_window.chats() == []
         assert secret.encode() not in file_bytes(db_path.parent)
 
 
-def test_two_histories_on_one_file_see_each_other(db_path: Path, history: History) -> None:
+def test_two_histories_on_one_file_see_each_other(db_path: Path, db: History) -> None:
     with History(db_path) as second:
-        chat = history.create_chat("from the first window")
+        chat = db.create_chat("from the first window")
         second.add_message(chat, "user", "written by the second window")
-        history.add_message(chat, "model", "answered in the first")
+        db.add_message(chat, "model", "answered in the first")
         assert [m.text for m in second.messages(chat)] == ["written by the second window", "answered in the first"]
-        assert [m.text for m in history.messages(chat)] == [m.text for m in second.messages(chat)]
+        assert [m.text for m in db.messages(chat)] == [m.text for m in second.messages(chat)]
 
 
-def test_a_second_process_writing_at_the_same_time(db_path: Path, history: History) -> None:
-    chat = history.create_chat("busy")
+def test_a_second_process_writing_at_the_same_time(db_path: Path, db: History) -> None:
+    chat = db.create_chat("busy")
     count = 150
     child = subprocess.Popen(
         [
@@ -243,22 +244,22 @@ def test_a_second_process_writing_at_the_same_time(db_path: Path, history: Histo
     assert child.stdout is not None
     assert child.stdout.readline().strip() == "ready"
     for i in range(count):
-        history.add_message(chat, "user", f"parent {i}")
-        history.chats("child")  # reads interleaved with the other process's writes
+        db.add_message(chat, "user", f"parent {i}")
+        db.chats("child")  # reads interleaved with the other process's writes
     assert child.wait(timeout=120) == 0
 
-    texts = [m.text for m in history.messages(chat)]
+    texts = [m.text for m in db.messages(chat)]
     assert sorted(t for t in texts if t.startswith("parent")) == sorted(f"parent {i}" for i in range(count))
     assert [t for t in texts if t.startswith("child")] == [f"child {i}" for i in range(count)]
-    assert history.get_setting("child_progress") == count - 1
-    assert history._query("PRAGMA integrity_check")[0][0] == "ok"
+    assert db.get_setting("child_progress") == count - 1
+    assert db.pragma("integrity_check") == "ok"
 
 
-def test_writer_saves_once_the_interval_has_passed(db_path: Path, history: History) -> None:
-    chat = history.create_chat()
-    answer = history.add_message(chat, "model", "", complete=False)
+def test_writer_saves_once_the_interval_has_passed(db_path: Path, db: History) -> None:
+    chat = db.create_chat()
+    answer = db.add_message(chat, "model", "", complete=False)
     clock = SteppedClock()
-    writer = StreamingMessageWriter(history, answer, interval=1.0, clock=clock)
+    writer = StreamingMessageWriter(db, answer, interval=1.0, clock=clock)
     with History(db_path) as reader:  # what another process would find after a crash
         writer.append(reasoning="Fever and ")
         clock.now = 0.5
@@ -284,22 +285,22 @@ def test_writer_saves_once_the_interval_has_passed(db_path: Path, history: Histo
     assert final.meta == {"stats": {"finish_reason": "stop"}}
 
 
-def test_a_stopped_answer_is_kept_incomplete(history: History) -> None:
-    chat = history.create_chat()
-    answer = history.add_message(chat, "model", "", meta={"model": {"name": "m"}}, complete=False)
-    writer = StreamingMessageWriter(history, answer, interval=60.0)
+def test_a_stopped_answer_is_kept_incomplete(db: History) -> None:
+    chat = db.create_chat()
+    answer = db.add_message(chat, "model", "", meta={"model": {"name": "m"}}, complete=False)
+    writer = StreamingMessageWriter(db, answer, interval=60.0)
     writer.append(answer="The first half")
     writer.finish(complete=False)
-    stopped = history.message(answer)
+    stopped = db.message(answer)
     assert stopped.text == "The first half"
     assert not stopped.complete
     assert stopped.meta == {"model": {"name": "m"}}
 
 
-def test_a_writer_thread_and_a_reading_thread_share_one_history(history: History) -> None:
-    chat = history.create_chat()
-    answer = history.add_message(chat, "model", "", complete=False)
-    writer = StreamingMessageWriter(history, answer, interval=0.0)
+def test_a_writer_thread_and_a_reading_thread_share_one_history(db: History) -> None:
+    chat = db.create_chat()
+    answer = db.add_message(chat, "model", "", complete=False)
+    writer = StreamingMessageWriter(db, answer, interval=0.0)
     failures: list[BaseException] = []
 
     def stream() -> None:
@@ -314,10 +315,10 @@ def test_a_writer_thread_and_a_reading_thread_share_one_history(history: History
     worker.start()
     seen = []
     while worker.is_alive():
-        seen.append(history.message(answer).text)
+        seen.append(db.message(answer).text)
     worker.join()
     assert failures == []
-    final = history.message(answer).text
+    final = db.message(answer).text
     assert final == "".join(f"{i} " for i in range(100))
     assert all(final.startswith(text) for text in seen)
 

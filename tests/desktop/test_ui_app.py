@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -14,6 +13,8 @@ from PySide6.QtCore import Qt, QTimer
 from PySide6.QtWidgets import QApplication, QWidget
 
 from medgemma_desktop.history import History
+from medgemma_models.progress import ProgressEvent
+from medgemma_models.report import ConversionReport, OutputRecord
 from medgemma_desktop.ui.convert_dialog import INSTALL_HINT, ConvertDialog
 from medgemma_desktop.ui.dialogs import ErrorDialog, NoticeDialog
 from medgemma_desktop.ui.excepthook import ExceptionReporter
@@ -62,15 +63,15 @@ def test_uncaught_exception_shows_copyable_details_and_keeps_the_chat(qtbot, mak
     copy = next(b for b in dialog.findChildren(QWidget) if b.accessibleName() == "Copy error details")
     qtbot.mouseClick(copy, Qt.MouseButton.LeftButton)
     assert "something odd happened" in QApplication.clipboard().text()
-    assert len(window.chat_view.cards()) == 2 and len(history.messages(window.chat_id)) == 2
+    assert len(window.chat_view.cards()) == 2 and len(history.messages(window.session.chat_id)) == 2
 
 
 def test_sidebar_new_search_rename(qtbot, make_window, history: History) -> None:
     window = make_window(ScriptedEngine, settings={"max_tokens": 64})
     send(qtbot, window, "Asthma inhaler question")
-    first = window.chat_id
+    first = window.session.chat_id
     qtbot.keyClick(window, Qt.Key.Key_N, Qt.KeyboardModifier.ControlModifier)
-    assert window.chat_id is None and window.chat_view.cards() == []
+    assert window.session.chat_id is None and window.chat_view.cards() == []
     send(qtbot, window, "Migraine triggers")
     assert window.sidebar.titles() == ["Migraine triggers", "Asthma inhaler question"]
 
@@ -79,10 +80,10 @@ def test_sidebar_new_search_rename(qtbot, make_window, history: History) -> None
     window.sidebar.search.setText("influenza")  # in the scripted answers of both chats
     assert len(window.sidebar.titles()) == 2
     window.sidebar.search.setText("")
-    window.rename_chat(first, "Inhaler technique")
+    window.chats.rename_chat(first, "Inhaler technique")
     assert "Inhaler technique" in window.sidebar.titles()
     window.sidebar.list.setCurrentRow(window.sidebar.titles().index("Inhaler technique"))
-    assert window.chat_id == first and window.chat_view.cards()[0].answer() == "Asthma inhaler question"
+    assert window.session.chat_id == first and window.chat_view.cards()[0].answer() == "Asthma inhaler question"
 
 
 def test_copy_puts_the_answer_on_the_clipboard(qtbot, make_window) -> None:
@@ -110,21 +111,21 @@ def test_enter_sends_and_shift_enter_adds_a_line(qtbot, make_window) -> None:
 
 def test_status_bar_says_why_the_gpu_load_fell_back_to_cpu(qtbot, make_window) -> None:
     window = make_window(partial(ScriptedEngine, gpu_failure="out of memory"), settings={"gpu": "auto"})
-    assert "CUDA failed: out of memory" in window.offload_label.text()
-    assert "retried on CPU" in window.offload_label.text()
+    assert "CUDA failed: out of memory" in window.status.offload_label.text()
+    assert "retried on CPU" in window.status.offload_label.text()
 
 
 @pytest.mark.slow
 def test_model_load_can_be_cancelled_and_keeps_the_model(qtbot, make_window, gemma_270m: Path) -> None:
     window = make_window(settings=FAST_SETTINGS)
-    loaded = window.model_info
-    window._start_load(gemma_270m, "other-key")
-    assert window.load_bar.isVisibleTo(window) and window.cancel_load_button.isVisibleTo(window)
-    qtbot.mouseClick(window.cancel_load_button, Qt.MouseButton.LeftButton)
-    qtbot.waitUntil(lambda: not window.loading, timeout=LOAD_TIMEOUT_MS)
-    assert not window.loading and window.model_info is loaded
-    assert not window.load_bar.isVisibleTo(window)
-    assert "cancelled" in window.offload_label.text()
+    loaded = window.library.current.info
+    assert window.models.choose_model(gemma_270m)
+    assert window.status.load_bar.isVisibleTo(window) and window.status.cancel_load_button.isVisibleTo(window)
+    qtbot.mouseClick(window.status.cancel_load_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: not window.library.loading, timeout=LOAD_TIMEOUT_MS)
+    assert not window.library.loading and window.library.current.info is loaded
+    assert not window.status.load_bar.isVisibleTo(window)
+    assert "cancelled" in window.status.offload_label.text()
     send(qtbot, window, "Still loaded?")
     assert window.chat_view.cards()[-1].answer()
 
@@ -175,8 +176,11 @@ def test_convert_progress_lines_and_report(qtbot, tmp_path: Path) -> None:
     seen = []
     dialog.progress_changed.connect(lambda stage, done, total: seen.append((stage, done, total)))
     out = tmp_path / "m-q8_0.gguf"
+    output = OutputRecord(path=str(out), quant="q8_0", bytes=1, sha256="0" * 64, file_type="Q8_0", tensor_types={},
+                          bits_per_weight=8.5, parameter_count=1)
+    report = ConversionReport(converter="medgemma-convert test", inputs={}, outputs=(output,))
     for line in ('{"stage": "merge", "done": 3, "total": 10}', "a plain log line",
-                 json.dumps({"stage": "done", "report": {"outputs": [{"path": str(out), "ftype": "Q8_0"}]}})):
+                 ProgressEvent.finished(report).to_json_line()):
         dialog.handle_line(line)
     assert seen == [("merge", 3, 10)]
     assert dialog.progress.value() == 3 and dialog.progress.maximum() == 10
@@ -209,9 +213,9 @@ def test_run_app_opens_the_window_offline(qtbot, monkeypatch: pytest.MonkeyPatch
 
     def look_and_quit() -> None:
         windows = [w for w in QApplication.topLevelWidgets() if isinstance(w, MainWindow) and w.isVisible()]
-        if windows and windows[0].model_info is not None:
+        if windows and windows[0].library.current is not None:
             window = windows[0]
-            seen["model"] = window.model_path
+            seen["model"] = window.library.current.path
             seen["notice"] = any(isinstance(w, NoticeDialog) and w.isVisible() for w in QApplication.topLevelWidgets()
                                  + window.findChildren(NoticeDialog))
             seen["hook"] = sys.excepthook.__qualname__
@@ -245,3 +249,24 @@ def test_signal_emits_keep_reference_counts(qtbot) -> None:
         emitter.fired.emit("piece")
     assert len(received) == 1000
     assert sys.getrefcount(True) >= before - 10
+
+
+def test_every_dialog_follows_the_dark_theme(qtbot, history: History) -> None:
+    """The first-start notice was light grey on light grey once: each dialog is drawn dark, its text light."""
+    from medgemma_desktop.ui.dialogs import problem_box
+
+    window = MainWindow(history, ScriptedEngine)
+    qtbot.addWidget(window)
+    window.show()
+    dialogs = [NoticeDialog(window), ConvertDialog(window), ErrorDialog("RuntimeError: x", "details", window),
+               problem_box(window, "Cannot open this model", "notes.gguf is not a GGUF file")]
+    for dialog in dialogs:
+        dialog.show()
+        image = dialog.grab().toImage()
+        lightness = [image.pixelColor(x, y).lightnessF() for x in range(0, image.width(), 7)
+                     for y in range(0, image.height(), 7)]
+        background = sorted(lightness)[len(lightness) // 2]  # most of a dialog is its background
+        assert background < 0.25, type(dialog).__name__
+        assert max(lightness) > 0.75, type(dialog).__name__  # and its text stands out from it
+        dialog.close()
+    window.shutdown()

@@ -33,16 +33,16 @@ def test_send_streams_answer_and_saves_it(qtbot, make_window, history: History) 
     assert (user.role, user.text) == ("user", "What are common symptoms of anemia?")
     assert model.role == "model" and model.complete and model.text == answer
     assert model.meta["stats"]["finish_reason"] in ("stop", "length")
-    assert model.meta["model"]["quantization"] == window.model_info.file_type
-    assert "tok/s" in window.speed_label.text() and "TTFT" in window.speed_label.text()
-    assert window.context_label.text().startswith("ctx ") and f"/ {window.n_ctx:,}" in window.context_label.text()
+    assert model.meta["model"]["quantization"] == window.library.current.info.file_type
+    assert "tok/s" in window.status.speed_label.text() and "TTFT" in window.status.speed_label.text()
+    assert window.status.context_label.text().startswith("ctx ") and f"/ {window.library.current.n_ctx:,}" in window.status.context_label.text()
     assert window.composer.text() == ""
 
 
 def test_offload_is_stated_in_the_status_bar(qtbot, make_window) -> None:
     window = make_window(settings={**FAST_SETTINGS, "gpu": "cpu"})
-    assert window.offload_text.startswith("CPU")
-    assert window.offload_text in window.offload_label.text()
+    assert window.library.current.offload.startswith("CPU")
+    assert window.library.current.offload in window.status.offload_label.text()
     assert "bpw real" in window.model_bar.details.text()
 
 
@@ -50,12 +50,12 @@ def test_escape_stops_mid_answer_and_keeps_the_partial_answer(qtbot, make_window
     window = make_window(settings={**FAST_SETTINGS, "max_tokens": 400})
     window.composer.set_text("Explain in detail how the heart pumps blood through the body.")
     assert window.send()
-    qtbot.waitUntil(lambda: window._stream is not None and window._stream.pieces >= 4, timeout=ANSWER_TIMEOUT_MS)
+    qtbot.waitUntil(lambda: window.session.answer is not None and window.session.answer.pieces >= 4, timeout=ANSWER_TIMEOUT_MS)
     with qtbot.waitSignal(window.answer_finished, timeout=ANSWER_TIMEOUT_MS):
         qtbot.keyClick(window.composer.input, Qt.Key.Key_Escape)
 
-    assert window.last_stats.finish_reason == "cancelled"
-    assert window.last_stats.generated_tokens < 400
+    assert window.session.last_stats.finish_reason == "cancelled"
+    assert window.session.last_stats.generated_tokens < 400
     card = window.chat_view.cards()[-1]
     assert card.answer().strip()
     assert "Stopped" in card.meta.text()
@@ -72,7 +72,7 @@ def test_regenerate_replaces_the_last_answer(qtbot, make_window, history: Histor
     with qtbot.waitSignal(window.answer_finished, timeout=ANSWER_TIMEOUT_MS):
         qtbot.mouseClick(first.regenerate_button, Qt.MouseButton.LeftButton)
 
-    messages = history.messages(window.chat_id)
+    messages = history.messages(window.session.chat_id)
     assert [m.role for m in messages] == ["user", "model"] and messages[1].complete
     cards = window.chat_view.cards()
     assert len(cards) == 2 and cards[1] is not first and cards[1].message_id == messages[1].id
@@ -91,7 +91,7 @@ def test_edit_and_resend_replaces_the_last_question(qtbot, make_window, history:
     with qtbot.waitSignal(window.answer_finished, timeout=ANSWER_TIMEOUT_MS):
         qtbot.keyClick(window.composer.input, Qt.Key.Key_Return)
 
-    messages = history.messages(window.chat_id)
+    messages = history.messages(window.session.chat_id)
     assert [(m.role, m.text) for m in messages][0] == ("user", "What is a high fever in adults?")
     assert len(messages) == 2 and messages[1].complete
     assert [c.answer() for c in window.chat_view.cards()][0] == "What is a high fever in adults?"
@@ -119,8 +119,8 @@ def test_history_reloads_in_a_new_window(qtbot, make_window, history: History, g
 def test_delete_really_deletes(qtbot, make_window, history: History) -> None:
     window = make_window(settings=FAST_SETTINGS)
     send(qtbot, window, "Is zebracornitis contagious?")
-    chat_id = window.chat_id
-    window.delete_chat(chat_id)
+    chat_id = window.session.chat_id
+    window.chats.delete_chat(chat_id)
 
     assert history.chats() == [] and history.messages(chat_id) == []
     assert window.chat_view.cards() == [] and window.sidebar.titles() == []
@@ -138,7 +138,7 @@ def test_model_and_settings_are_remembered_per_file(qtbot, make_window, history:
     assert again.history.get_setting("last_model") == str(gemma_270m)
     load_model(qtbot, again, gemma_270m)
     assert again.settings_panel.top_k.value() == 7
-    assert again.settings_panel.system_prompt() == "Answer briefly."
+    assert again.settings_panel.chat_settings().system_prompt() == "Answer briefly."
     again.settings_panel.reset_to_defaults()
     assert again.settings_panel.top_k.value() == 64  # gemma-chat's default
     assert again.settings_panel.n_ctx.value() == FAST_SETTINGS["n_ctx"]  # loading settings are kept
@@ -146,13 +146,13 @@ def test_model_and_settings_are_remembered_per_file(qtbot, make_window, history:
 
 def test_context_overflow_leaves_out_early_turns_and_says_so(qtbot, make_window, history: History) -> None:
     window = make_window(settings={**FAST_SETTINGS, "n_ctx": 512})
-    assert window.n_ctx == 512
+    assert window.library.current.n_ctx == 512
     filler = "The patient reports intermittent chest discomfort after climbing stairs. " * 6
     chat = history.create_chat("Long case")
     for turn in range(4):
         history.add_message(chat, "user", f"Case note {turn}: {filler}")
         history.add_message(chat, "model", f"Noted {turn}: {filler}")
-    window.open_chat(chat)
+    window.chats.open_chat(chat)
     assert not window.chat_view.dropped_notice.isVisibleTo(window.chat_view.widget())
     send(qtbot, window, "Summarise the case.")
 
@@ -161,7 +161,7 @@ def test_context_overflow_leaves_out_early_turns_and_says_so(qtbot, make_window,
     dropped = history.messages(chat)[-1].meta["dropped_turns"]
     assert dropped >= 2 and dropped % 2 == 0
     assert notice.text().startswith(f"{dropped} earlier messages left out")
-    assert window.last_stats.prompt_tokens + FAST_SETTINGS["max_tokens"] <= 512
+    assert window.session.last_stats.prompt_tokens + FAST_SETTINGS["max_tokens"] <= 512
 
 
 def test_broken_model_files_keep_the_model_in_use(qtbot, make_window, tmp_path: Path, gemma_270m: Path) -> None:
@@ -173,16 +173,16 @@ def test_broken_model_files_keep_the_model_in_use(qtbot, make_window, tmp_path: 
 
     for broken in (text_file, truncated, tmp_path / "missing.gguf"):
         reported = len(window.errors)
-        assert window.open_model_file(broken)
-        qtbot.waitUntil(lambda n=reported: len(window.errors) > n and not window.loading, timeout=LOAD_TIMEOUT_MS)
+        assert window.models.open_model_file(broken)
+        qtbot.waitUntil(lambda n=reported: len(window.errors) > n and not window.library.loading, timeout=LOAD_TIMEOUT_MS)
         assert len(window.errors) == reported + 1
         title, message = window.errors[-1]
         assert title == "Cannot open this model" and broken.name in message
-        assert window.model_path == gemma_270m and window.model_info.path == gemma_270m
+        assert window.library.current.path == gemma_270m and window.library.current.info.path == gemma_270m
         assert window.model_bar.combo.currentData() == str(gemma_270m)
     boxes = [b for b in window.findChildren(QMessageBox) if b.isVisible()]
     assert boxes and all(b.windowTitle() == "Cannot open this model" for b in boxes)
-    assert not window.loading
+    assert not window.library.loading
     send(qtbot, window, "Still there?")  # the old model still answers
     assert window.chat_view.cards()[-1].answer().strip()
 
@@ -193,17 +193,17 @@ def test_export_as_markdown_and_json(qtbot, make_window, tmp_path: Path, history
     window = make_window(settings=FAST_SETTINGS)
     send(qtbot, window, "What is a normal resting heart rate?")
     answer = window.chat_view.cards()[-1].answer()
-    assert window.export_chat(tmp_path / "chat.md", "markdown")
-    assert window.export_chat(tmp_path / "chat.json", "json")
+    assert window.chats.export_chat(tmp_path / "chat.md", "markdown")
+    assert window.chats.export_chat(tmp_path / "chat.json", "json")
 
     markdown = (tmp_path / "chat.md").read_text(encoding="utf-8")
     assert "What is a normal resting heart rate?" in markdown
     assert answer.strip().splitlines()[0] in markdown
-    assert window.model_info.name in markdown and window.model_info.file_type in markdown
+    assert window.library.current.info.name in markdown and window.library.current.info.file_type in markdown
     data = json.loads((tmp_path / "chat.json").read_text(encoding="utf-8"))
     texts = json.dumps(data, ensure_ascii=False)
-    assert "What is a normal resting heart rate?" in texts and window.model_info.file_type in texts
+    assert "What is a normal resting heart rate?" in texts and window.library.current.info.file_type in texts
     # The exact file that wrote the answers, by its sha256.
-    digest = sha256_file(window.model_path)
+    digest = sha256_file(window.library.current.path)
     assert digest in markdown
     assert digest in texts

@@ -39,11 +39,11 @@ def test_a_whole_session_opens_no_connection(qtbot, attempts, make_window, histo
     window = make_window(settings=FAST_SETTINGS)
     send(qtbot, window, "What is hypertension?")
     send(qtbot, window, "How is it treated?")
-    assert window.export_chat(tmp_path / "chat.md", "markdown")
-    assert window.export_chat(tmp_path / "chat.json", "json")
+    assert window.chats.export_chat(tmp_path / "chat.md", "markdown")
+    assert window.chats.export_chat(tmp_path / "chat.json", "json")
     window.close()
     reopened = make_window(settings=FAST_SETTINGS)
-    reopened.open_chat(history.chats()[0].id)
+    reopened.chats.open_chat(history.chats()[0].id)
 
     assert attempts == []
     assert window.errors == [] and reopened.errors == []

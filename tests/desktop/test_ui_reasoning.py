@@ -41,7 +41,7 @@ def test_reasoning_is_split_from_the_answer_and_collapsed(qtbot, make_window, hi
     assert block.is_expanded() and block.body.isVisibleTo(block)
     assert block.caption.isVisibleTo(block) and "not a clinical justification" in block.caption.text()
     assert block.body.markdown() == REASONING_TEXT
-    message = history.messages(window.chat_id)[-1]
+    message = history.messages(window.session.chat_id)[-1]
     assert (message.text, message.reasoning) == (ANSWER_TEXT, REASONING_TEXT)
     assert message.meta["reasoning_tokens"] == REASONING_PIECES
     # Think on: the prompt carries the preset's instruction and leaves the reasoning to the model.
@@ -76,7 +76,7 @@ def test_show_reasoning_off_hides_the_block_but_keeps_the_text(qtbot, make_windo
     card = window.chat_view.cards()[-1]
     assert card.answer() == ANSWER_TEXT
     assert not card.reasoning.isVisibleTo(card)
-    assert history.messages(window.chat_id)[-1].reasoning == REASONING_TEXT
+    assert history.messages(window.session.chat_id)[-1].reasoning == REASONING_TEXT
     window.settings_panel.show_reasoning.setChecked(True)
     assert card.reasoning.isVisibleTo(card)
 

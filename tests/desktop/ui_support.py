@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from medgemma_desktop.library import model_key
 from medgemma_desktop.ui.main_window import MainWindow
 
 LOAD_TIMEOUT_MS = 120_000
@@ -17,10 +18,10 @@ FAST_SETTINGS: dict[str, Any] = {"temperature": 0.0, "max_tokens": 16, "n_ctx": 
 def load_model(qtbot: Any, window: MainWindow, model: Path | None, settings: dict[str, Any] | None = None) -> None:
     """Load `model` with `settings` remembered for it beforehand, as a user's earlier session would."""
     if settings is not None:
-        key = window._model_key(model)
+        key = model_key(model)
         window.history.set_model_settings(key, {**(window.history.model_settings(key) or {}), **settings})
     with qtbot.waitSignal(window.model_loaded, timeout=LOAD_TIMEOUT_MS):
-        assert window.choose_model(model)
+        assert window.models.choose_model(model)
 
 
 def send(qtbot: Any, window: MainWindow, text: str) -> None:

@@ -9,7 +9,6 @@ from .message_view import MessageView
 
 
 class ChatView(QScrollArea):
-    copy_requested = Signal(int)
     regenerate_requested = Signal(int)
     edit_requested = Signal(int)
 
@@ -46,6 +45,7 @@ class ChatView(QScrollArea):
         self.verticalScrollBar().rangeChanged.connect(self._on_range_changed)
         self.verticalScrollBar().valueChanged.connect(self._on_scrolled)
         self._cards: list[MessageView] = []
+        self._answer: MessageView | None = None  # the card of the answer streaming, when shown
 
     def cards(self) -> list[MessageView]:
         return list(self._cards)
@@ -55,13 +55,13 @@ class ChatView(QScrollArea):
             card.setParent(None)
             card.deleteLater()
         self._cards.clear()
+        self._answer = None
         self.set_dropped(0)
         self.empty_hint.setVisible(True)
         self._follow = True
 
     def add_message(self, message_id: int, role: str, author: str) -> MessageView:
         card = MessageView(message_id, role, author, self.widget())
-        card.copy_requested.connect(self.copy_requested)
         card.regenerate_requested.connect(self.regenerate_requested)
         card.edit_requested.connect(self.edit_requested)
         card.set_reasoning_visible(self._show_reasoning)
@@ -70,6 +70,25 @@ class ChatView(QScrollArea):
         self.empty_hint.setVisible(False)
         self._follow = True
         return card
+
+    def start_answer(self, message_id: int, author: str, show_reasoning: bool) -> None:
+        """An empty answer card that streamed text goes into."""
+        self._answer = self.add_message(message_id, "model", author)
+        self._answer.set_streaming(True)
+        self._answer.set_meta("Generating…")
+        self.set_show_reasoning(show_reasoning)
+
+    def append_to_answer(self, answer: str, reasoning: str, reasoning_tokens: int, show_reasoning: bool) -> None:
+        if self._answer is not None:
+            self._answer.append(answer=answer, reasoning=reasoning, reasoning_tokens=reasoning_tokens)
+            if reasoning:
+                self._answer.set_reasoning_visible(show_reasoning)
+
+    def end_answer(self, message_id: int, meta: str) -> None:
+        if self._answer is not None and self._answer.message_id == message_id:
+            self._answer.set_streaming(False)
+            self._answer.set_meta(meta)
+            self._answer = None
 
     def remove_from(self, message_id: int) -> None:
         """Drop the card of `message_id` and every card after it."""
@@ -80,6 +99,8 @@ class ChatView(QScrollArea):
             card.setParent(None)
             card.deleteLater()
         del self._cards[ids.index(message_id):]
+        if self._answer is not None and self._answer not in self._cards:
+            self._answer = None
         self.empty_hint.setVisible(not self._cards)
 
     def update_actions(self, busy: bool) -> None:

@@ -76,6 +76,9 @@ class Composer(QWidget):
         self.input.setPlainText(text)
         self.input.moveCursor(self.input.textCursor().MoveOperation.End)
 
+    def focus_input(self) -> None:
+        self.input.setFocus()
+
     def set_busy(self, busy: bool) -> None:
         """While an answer streams the button stops it; Esc does the same."""
         self._busy = busy

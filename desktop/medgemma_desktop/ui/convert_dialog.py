@@ -7,12 +7,10 @@ extra is installed (with `importlib.util.find_spec`, so nothing heavy is importe
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
-from typing import Any
 
-from PySide6.QtCore import QProcess, QProcessEnvironment, Signal, Slot
+from PySide6.QtCore import QProcess, QProcessEnvironment, Qt, Signal, Slot
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -34,10 +32,13 @@ from PySide6.QtWidgets import (
 )
 
 from medgemma_models.catalog import presets
+from medgemma_models.offline import OFFLINE_ENV
+from medgemma_models.progress import ProgressEvent
+from medgemma_models.quants import CHECKED, OFFERED
+from medgemma_models.report import ConversionReport
 from medgemma_models.store import models_dir
 
 INSTALL_HINT = "pip install 'medgemma-edge[convert]'"
-QUANTS = ("f16", "q8_0", "q6_k", "q5_k_m", "q4_k_m")
 CHECK_CODE = (
     "import importlib.util, sys\n"
     "missing = [m for m in ('torch', 'transformers', 'peft', 'safetensors', 'medgemma_convert')"
@@ -75,7 +76,7 @@ class ConvertDialog(QDialog):
         self.resize(720, 640)
         self.python = python
         self.outputs: list[str] = []
-        self.report: dict[str, Any] | None = None
+        self.report: ConversionReport | None = None
         self.error: str | None = None
         self._stderr = ""
         self._stdout_buffer = ""
@@ -109,10 +110,10 @@ class ConvertDialog(QDialog):
 
         self.quant_boxes: dict[str, QCheckBox] = {}
         quant_row = QHBoxLayout()
-        for quant in QUANTS:
+        for quant in OFFERED:
             box = QCheckBox(quant, self)
             box.setAccessibleName(f"Quantization {quant}")
-            box.setChecked(quant in ("q8_0", "q4_k_m"))
+            box.setChecked(quant in CHECKED)
             self.quant_boxes[quant] = box
             quant_row.addWidget(box)
         quant_row.addStretch(1)
@@ -139,6 +140,7 @@ class ConvertDialog(QDialog):
         form.addRow("", self.verify)
 
         self.stage = QLabel("", self)
+        self.stage.setTextFormat(Qt.TextFormat.PlainText)  # stages and errors quote file names
         self.stage.setAccessibleName("Conversion stage")
         self.progress = QProgressBar(self)
         self.progress.setAccessibleName("Conversion progress")
@@ -206,7 +208,7 @@ class ConvertDialog(QDialog):
             spin = self.adapters.cellWidget(row, 1)
             if item is not None and item.text().strip():
                 adapters.append((item.text().strip(), spin.value() if isinstance(spin, QDoubleSpinBox) else 1.0))
-        quants = [q for q, box in self.quant_boxes.items() if box.isChecked()] or ["q8_0"]
+        quants = [q for q, box in self.quant_boxes.items() if box.isChecked()] or list(CHECKED[:1])
         return convert_arguments(self.base.text().strip(), adapters, self.out.text().strip(), quants,
                                  self.preset.currentData() or None, self.name.text().strip() or None,
                                  self.verify.isChecked())
@@ -216,7 +218,8 @@ class ConvertDialog(QDialog):
     def _child(self) -> QProcess:
         process = QProcess(self)
         env = QProcessEnvironment.systemEnvironment()
-        env.insert("HF_HUB_OFFLINE", "1")
+        for name, value in OFFLINE_ENV.items():
+            env.insert(name, value)
         env.insert("PYTHONUNBUFFERED", "1")
         process.setProcessEnvironment(env)
         return process
@@ -279,32 +282,27 @@ class ConvertDialog(QDialog):
             self.handle_line(line)
 
     def handle_line(self, line: str) -> None:
-        """One line of `--progress json`: {"stage", "done", "total"} or the final {"stage": "done", "report"}."""
+        """One line of the child's stdout: a `ProgressEvent`, else a plain log line."""
         line = line.strip()
         if not line:
             return
-        try:
-            event = json.loads(line)
-        except ValueError:
+        event = ProgressEvent.from_json_line(line)
+        if event is None:
             self.log.appendPlainText(line)
             return
-        if not isinstance(event, dict):
+        if event.report is not None:
+            self._on_report(event.report)
             return
-        stage = str(event.get("stage", ""))
-        if stage == "done" and isinstance(event.get("report"), dict):
-            self._on_report(event["report"])
-            return
-        done, total = int(event.get("done") or 0), int(event.get("total") or 0)
+        stage, done, total = event.stage, event.done, event.total
         self.stage.setText(f"{stage.replace('_', ' ').capitalize()}… {done}/{total}" if total else stage)
         self.progress.setRange(0, max(total, 1))
         self.progress.setValue(min(done, max(total, 1)))
         self.progress_changed.emit(stage, done, total)
 
-    def _on_report(self, report: dict[str, Any]) -> None:
+    def _on_report(self, report: ConversionReport) -> None:
         self.report = report
-        outputs = report.get("outputs") or []
-        self.outputs = [str(o["path"]) for o in outputs if isinstance(o, dict) and o.get("path")]
-        self.log.appendPlainText("\n" + json.dumps(report, indent=2, ensure_ascii=False))
+        self.outputs = report.output_paths()
+        self.log.appendPlainText("\n" + report.to_json())
 
     @Slot()
     def _on_stderr(self) -> None:

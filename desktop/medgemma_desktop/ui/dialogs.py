@@ -1,14 +1,18 @@
-"""Small dialogs: the first-start medical notice and the details of an unexpected error."""
+"""Small dialogs: the first-start medical notice, unexpected errors, problems, questions."""
 
 from __future__ import annotations
 
-from PySide6.QtCore import Slot
+from collections.abc import Callable
+
+from PySide6.QtCore import Qt, Slot
 from PySide6.QtGui import QGuiApplication
 from PySide6.QtWidgets import (
     QCheckBox,
     QDialog,
     QDialogButtonBox,
+    QInputDialog,
     QLabel,
+    QMessageBox,
     QPlainTextEdit,
     QPushButton,
     QVBoxLayout,
@@ -94,3 +98,39 @@ class ErrorDialog(QDialog):
     @Slot()
     def _copy(self) -> None:
         QGuiApplication.clipboard().setText(self.details.toPlainText())
+
+
+def problem_box(parent: QWidget, title: str, message: str) -> QMessageBox:
+    """A warning that does not block the window (shown with open(), not exec())."""
+    box = QMessageBox(QMessageBox.Icon.Warning, title, message, QMessageBox.StandardButton.Ok, parent)
+    box.setTextFormat(Qt.TextFormat.PlainText)  # messages quote file and model names
+    box.setAccessibleName(title)
+    box.setObjectName("problemDialog")
+    box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+    box.open()
+    return box
+
+
+def confirm(parent: QWidget, title: str, question: str, on_yes: Callable[[], None]) -> QMessageBox:
+    """Ask Yes/No without blocking; `on_yes` runs on Yes."""
+    box = QMessageBox(QMessageBox.Icon.Question, title, question,
+                      QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No, parent)
+    box.setTextFormat(Qt.TextFormat.PlainText)
+    box.setAccessibleName(title)
+    box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+    box.accepted.connect(on_yes)
+    box.open()
+    return box
+
+
+def ask_text(parent: QWidget, title: str, label: str, value: str, on_chosen: Callable[[str], None]) -> QInputDialog:
+    """Ask for a line of text without blocking; `on_chosen` gets it on OK."""
+    dialog = QInputDialog(parent)
+    dialog.setWindowTitle(title)
+    dialog.setLabelText(label)
+    dialog.setTextValue(value)
+    dialog.setAccessibleName(title)
+    dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+    dialog.textValueSelected.connect(on_chosen)
+    dialog.open()
+    return dialog

@@ -3,95 +3,46 @@
 The window sends requests through queued signals connected to this worker's slots and hears
 back only through this worker's signals. Stop and cancel are plain thread-safe flags, because
 the worker is busy inside the request they interrupt and would never see a queued signal.
+What a load or an answer does is the Qt-free `generation` module's; this only carries it.
 """
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
 
 from PySide6.QtCore import QObject, Signal, Slot
 
-from medgemma_models.catalog import Preset
 from medgemma_models.errors import MedGemmaError
-from medgemma_models.files import sha256_file
 from medgemma_models.gguf_info import read_model_info
-from medgemma_models.store import default_model
 
-from ..conversation import build_prompt
-from ..engine import GenerationSettings, LoadCancelled, LoadOptions
-
-log = logging.getLogger(__name__)
-
-CANNOT_OPEN = "Cannot open this model"
-COULD_NOT_LOAD = "Could not load the model"
-
-
-class EngineLike(Protocol):
-    """What the window needs of an engine: `medgemma_desktop.engine.Engine` or a scripted stand-in."""
-
-    info: Any
-    n_ctx: int
-    last_stats: Any
-
-    def load(self, path: Path, options: LoadOptions, progress: Callable[[float], bool] | None = None) -> Any: ...
-
-    def count_tokens(self, text: str) -> int: ...
-
-    def stream(self, prompt_text: str, settings: GenerationSettings, should_stop: Callable[[], bool] = ...) -> Any: ...
-
-    def close(self) -> None: ...
-
-
-@dataclass(frozen=True)
-class LoadRequest:
-    path: Path | None  # None: the embedded default model, assembled into the store on first use
-    options: LoadOptions
-
-
-@dataclass(frozen=True)
-class GenerationRequest:
-    """Everything the worker needs to build the prompt and stream one answer."""
-
-    preset: Preset
-    messages: list[Any]
-    settings: GenerationSettings
-    system: str | None
-    think: bool
-    send_reasoning_back: bool
-    meta: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Loaded:
-    path: Path
-    info: Any
-    n_ctx: int
-    report: Any
-    sha256: str  # of the model file, for chats and exports
-
-
-@dataclass(frozen=True)
-class Finished:
-    stats: Any  # GenerationStats
-    pieces: int  # non-empty text pieces emitted
+from ..adapters import is_adapter, read_adapter
+from ..conversation import PromptPlan
+from ..engine import GenerationStats, LoadCancelled
+from ..generation import (
+    EngineLike,
+    GenerationEvents,
+    GenerationRequest,
+    LoadFailed,
+    LoadRequest,
+    open_model,
+    run_generation,
+)
+from ..library import AdapterMatch, base_candidates, find_base
 
 
 class EngineWorker(QObject):
     """Owns the engine; lives in a QThread."""
 
     load_progress = Signal(float)
-    loaded = Signal(object)  # Loaded
+    loaded = Signal(object)  # generation.Loaded
     load_failed = Signal(str, str)  # title, message
-    model_inspected = Signal(object, object)  # Path, ModelInfo or the error message
+    model_inspected = Signal(object, object)  # Path, ModelInfo, AdapterMatch or the error message
     load_cancelled = Signal()
     prompt_planned = Signal(object)  # PromptPlan
     piece = Signal(str)
-    finished = Signal(object)  # Finished
+    finished = Signal(object)  # GenerationStats
     generation_failed = Signal(str)
 
     def __init__(self, engine_factory: Callable[[], EngineLike]) -> None:
@@ -119,91 +70,91 @@ class EngineWorker(QObject):
 
     @Slot(object)
     def inspect(self, paths: list[Path]) -> None:
-        """Read the headers of the models the window lists (slow for big vocabularies, so here)."""
+        """Read the headers of the models the window lists (slow for big vocabularies, so here);
+        an adapter's comes with the base found for it."""
         for path in paths:
             try:
+                if is_adapter(path):
+                    adapter = read_adapter(path)
+                    self.model_inspected.emit(path, AdapterMatch(adapter, find_base(adapter, base_candidates(adapter.base))))
+                    continue
                 self.model_inspected.emit(path, read_model_info(path))
             except Exception as exc:  # noqa: BLE001 - the list shows the problem instead of the facts
                 self.model_inspected.emit(path, str(exc) if isinstance(exc, MedGemmaError) else f"unreadable: {exc}")
 
     @Slot(object)
     def load(self, request: LoadRequest) -> None:
-        """Check the file, then load it into a new engine; the previous one stays in use unless this succeeds."""
+        """Load into a new engine; the previous one stays in use unless this succeeds."""
         try:
-            path = request.path if request.path is not None else default_model()
-            info = read_model_info(path)
-        except MedGemmaError as exc:
-            self.load_failed.emit(CANNOT_OPEN, str(exc))
-            return
-        except Exception as exc:  # noqa: BLE001 - a file broken in a way the reader did not foresee
-            log.exception("reading the model header failed")
-            name = request.path.name if request.path is not None else "the embedded model"
-            self.load_failed.emit(CANNOT_OPEN, f"{name} is not a readable GGUF file ({type(exc).__name__}: {exc})")
-            return
-        if not info.is_gemma:
-            self.load_failed.emit(
-                CANNOT_OPEN,
-                f"{path.name} is a {info.architecture} model; MedGemma Edge runs Gemma 2 and Gemma 3 models.",
-            )
-            return
-        engine = self._factory()
-        try:
-            report = engine.load(path, request.options, progress=self._progress)
+            engine, loaded = open_model(self._factory, request, progress=self._progress)
         except LoadCancelled:
-            engine.close()
             self.load_cancelled.emit()
             return
-        except MedGemmaError as exc:
-            engine.close()
-            self.load_failed.emit(COULD_NOT_LOAD, str(exc))
-            return
-        except Exception as exc:  # noqa: BLE001 - any load failure must leave the old model usable
-            log.exception("model load failed")
-            engine.close()
-            self.load_failed.emit(COULD_NOT_LOAD, f"{type(exc).__name__}: {exc}")
+        except LoadFailed as exc:
+            self.load_failed.emit(exc.title, str(exc))
             return
         if self._engine is not None:
             self._engine.close()
         self._engine = engine
-        # Hashed here, off the UI thread: exports name the exact file that wrote the answers.
-        digest = sha256_file(path)
-        self.loaded.emit(Loaded(path=Path(path), info=engine.info, n_ctx=engine.n_ctx, report=report, sha256=digest))
+        self.loaded.emit(loaded)
 
     @Slot(object)
     def generate(self, request: GenerationRequest) -> None:
-        """Build the prompt with the engine's tokenizer, then stream the answer piece by piece."""
-        engine = self._engine
-        if engine is None:
+        """Stream an answer; its events leave this thread as signals."""
+        if self._engine is None:
             self.generation_failed.emit("No model is loaded.")
             return
-        pieces = 0
-        try:
-            plan = build_prompt(
-                request.preset,
-                request.messages,
-                system=request.system,
-                think=request.think,
-                send_reasoning_back=request.send_reasoning_back,
-                n_ctx=engine.n_ctx,
-                max_tokens=request.settings.max_tokens,
-                count_tokens=engine.count_tokens,
-            )
-            self.prompt_planned.emit(plan)
-            for text in engine.stream(plan.text, request.settings, should_stop=self._stop.is_set):
-                if text:
-                    pieces += 1
-                    self.piece.emit(text)
-        except MedGemmaError as exc:
-            self.generation_failed.emit(str(exc))
-            return
-        except Exception as exc:  # noqa: BLE001 - the chat must survive a failed generation
-            log.exception("generation failed")
-            self.generation_failed.emit(f"{type(exc).__name__}: {exc}")
-            return
-        self.finished.emit(Finished(stats=engine.last_stats, pieces=pieces))
+        run_generation(self._engine, request, self, self._stop.is_set)
+
+    # GenerationEvents, called by run_generation on this thread.
+    def on_prompt_planned(self, plan: PromptPlan) -> None:
+        self.prompt_planned.emit(plan)
+
+    def on_piece(self, text: str) -> None:
+        self.piece.emit(text)
+
+    def on_finished(self, stats: GenerationStats) -> None:
+        self.finished.emit(stats)
+
+    def on_failed(self, message: str) -> None:
+        self.generation_failed.emit(message)
 
     @Slot()
     def shutdown(self) -> None:
         if self._engine is not None:
             self._engine.close()
             self._engine = None
+
+
+class GenerationRelay(QObject):
+    """Lives on the GUI thread and hands the worker's answer events to a Qt-free receiver there.
+
+    A signal connected to a plain Python object's method would run it on the worker's thread;
+    connected to these slots, the events arrive queued on the GUI thread.
+    """
+
+    def __init__(self, events: GenerationEvents, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.events = events
+
+    def connect_to(self, worker: EngineWorker) -> None:
+        worker.prompt_planned.connect(self.prompt_planned)
+        worker.piece.connect(self.piece)
+        worker.finished.connect(self.finished)
+        worker.generation_failed.connect(self.failed)
+
+    @Slot(object)
+    def prompt_planned(self, plan: PromptPlan) -> None:
+        self.events.on_prompt_planned(plan)
+
+    @Slot(str)
+    def piece(self, text: str) -> None:
+        self.events.on_piece(text)
+
+    @Slot(object)
+    def finished(self, stats: GenerationStats) -> None:
+        self.events.on_finished(stats)
+
+    @Slot(str)
+    def failed(self, message: str) -> None:
+        self.events.on_failed(message)

@@ -15,6 +15,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from .inert_markdown import InertDocument, set_inert_markdown
+
 REASONING_LABEL = "Model reasoning — generated text, not a clinical justification"
 
 # Re-rendering Markdown on every token would cost O(n²) over a long answer; pieces are
@@ -24,10 +26,14 @@ TABLE_BORDER = "#3a414d"
 
 
 class MarkdownView(QTextBrowser):
-    """Read-only Markdown that grows to fit its text instead of scrolling."""
+    """Read-only Markdown that grows to fit its text instead of scrolling.
+
+    The text is rendered inert (`inert_markdown`): no file, device or share is ever read to show it.
+    """
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
+        self.setDocument(InertDocument(self))  # first: the settings below apply to this document
         self.setOpenLinks(False)  # links never open anything: the app makes no connections
         self.setFrameShape(QFrame.Shape.NoFrame)
         self.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
@@ -41,7 +47,7 @@ class MarkdownView(QTextBrowser):
     def set_markdown(self, text: str) -> None:
         if text != self._markdown:
             self._markdown = text
-            self.setMarkdown(text)
+            set_inert_markdown(self.document(), text)
             self._style_tables()
             self._fit()
 
@@ -145,7 +151,6 @@ class ReasoningBlock(QFrame):
 class MessageView(QFrame):
     """A user or model message card with copy, and regenerate/edit when it is the last of its kind."""
 
-    copy_requested = Signal(int)
     regenerate_requested = Signal(int)
     edit_requested = Signal(int)
 
@@ -162,7 +167,9 @@ class MessageView(QFrame):
         self._render_timer.setInterval(RENDER_INTERVAL_MS)
         self._render_timer.timeout.connect(self.render)
 
+        # Author (a model's name from its file) and meta (stored data) are shown as text, never as HTML.
         self.author = QLabel(author, self)
+        self.author.setTextFormat(Qt.TextFormat.PlainText)
         self.author.setObjectName("author")
         self.body = MarkdownView(self)
         self.body.setObjectName("messageBody")
@@ -170,6 +177,7 @@ class MessageView(QFrame):
         self.reasoning = ReasoningBlock(self)
         self.reasoning.setVisible(False)
         self.meta = QLabel("", self)
+        self.meta.setTextFormat(Qt.TextFormat.PlainText)
         self.meta.setObjectName("meta")
         self.meta.setWordWrap(True)
 
@@ -248,13 +256,9 @@ class MessageView(QFrame):
         self.regenerate_button.setVisible(regenerate)
         self.edit_button.setVisible(edit)
 
-    def copy_text(self) -> str:
-        return self._answer
-
     @Slot()
     def _copy(self) -> None:
-        QGuiApplication.clipboard().setText(self.copy_text())
-        self.copy_requested.emit(self.message_id)
+        QGuiApplication.clipboard().setText(self._answer)
 
     @Slot()
     def _regenerate(self) -> None:

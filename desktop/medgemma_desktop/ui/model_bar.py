@@ -2,27 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from PySide6.QtCore import Signal, Slot
+from PySide6.QtCore import Qt, Signal, Slot
 from PySide6.QtWidgets import QComboBox, QHBoxLayout, QLabel, QPushButton, QSizePolicy, QWidget
 
-from medgemma_models.gguf_info import ModelInfo, human_count
-
-EMBEDDED_LABEL = "Gemma 3 270M · embedded default (prepared on first use)"
-
-
-def describe(info: ModelInfo) -> str:
-    """The facts a user picks a model by: architecture, size, quantization, real bpw, context."""
-    size = info.size_label or human_count(info.parameter_count)
-    context = f"{info.context_length:,} ctx" if info.context_length else "context unknown"
-    megabytes = info.file_size / 1e6
-    return (f"{info.architecture} · {size} · {info.file_type} · {info.bits_per_weight:.2f} bpw real · "
-            f"{context} · {megabytes:,.0f} MB")
+from ..library import ModelEntry
+from .plain_text import plain_tooltip
 
 
 class ModelBar(QWidget):
-    model_chosen = Signal(object)  # Path | None (None: the embedded default)
+    model_chosen = Signal(object)  # the ModelEntry picked (its path None: the embedded default)
     open_requested = Signal()
     convert_requested = Signal()
     export_requested = Signal()
@@ -31,6 +19,7 @@ class ModelBar(QWidget):
         super().__init__(parent)
         self.setObjectName("modelBar")
         self._filling = False
+        self._entries: dict[str, ModelEntry] = {}
         self.combo = QComboBox(self)
         self.combo.setObjectName("modelPicker")
         self.combo.setAccessibleName("Model")
@@ -38,6 +27,7 @@ class ModelBar(QWidget):
         self.combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
         self.combo.activated.connect(self._on_activated)
         self.details = QLabel("No model loaded", self)
+        self.details.setTextFormat(Qt.TextFormat.PlainText)  # facts read from the GGUF: text, not HTML
         self.details.setObjectName("modelDetails")
         self.details.setAccessibleName("Model details")
         # The facts line gives way (it has a tooltip) rather than widening the window.
@@ -61,31 +51,38 @@ class ModelBar(QWidget):
         layout.addWidget(self.convert_button)
         layout.addWidget(self.export_button)
 
-    def set_models(self, models: list[tuple[Path | None, str, str]], current: Path | None) -> None:
-        """`models`: (path or None for the embedded default, title, tooltip)."""
+    def set_models(self, models: list[ModelEntry], current: str | None) -> None:
+        """Fill the picker and select the entry whose key is `current` (a file's resolved path, or a combination's)."""
         self._filling = True
         self.combo.clear()
-        for path, title, tooltip in models:
-            self.combo.addItem(title, str(path) if path is not None else "")
-            self.combo.setItemData(self.combo.count() - 1, tooltip, 3)  # 3: Qt.ToolTipRole
+        self._entries = {entry.key: entry for entry in models}
+        for entry in models:
+            self.combo.addItem(entry.title, entry.key)
+            self.combo.setItemData(self.combo.count() - 1, plain_tooltip(entry.tooltip), Qt.ItemDataRole.ToolTipRole)
         self.select(current)
         self._filling = False
 
-    def select(self, path: Path | None) -> None:
-        index = self.combo.findData(str(path) if path is not None else "")
+    def select(self, key: str | None) -> None:
+        index = self.combo.findData(key) if key is not None else -1
         if index >= 0:
             self.combo.setCurrentIndex(index)
 
-    def paths(self) -> list[Path | None]:
-        return [Path(d) if d else None for d in (self.combo.itemData(i) for i in range(self.combo.count()))]
-
     def set_details(self, text: str) -> None:
         self.details.setText(text)
-        self.details.setToolTip(text)
+        self.details.setToolTip(plain_tooltip(text))
+
+    def set_switching_enabled(self, enabled: bool) -> None:
+        """Picking or opening another model (off while an answer streams or a model loads)."""
+        self.combo.setEnabled(enabled)
+        self.open_button.setEnabled(enabled)
+
+    def set_export_enabled(self, enabled: bool) -> None:
+        self.export_button.setEnabled(enabled)
 
     @Slot(int)
     def _on_activated(self, index: int) -> None:
         if self._filling:
             return
-        data = self.combo.itemData(index)
-        self.model_chosen.emit(Path(data) if data else None)
+        entry = self._entries.get(self.combo.itemData(index))
+        if entry is not None:
+            self.model_chosen.emit(entry)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from PySide6.QtCore import Qt, Signal, Slot
 from PySide6.QtWidgets import (
     QCheckBox,
@@ -22,20 +20,13 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from medgemma_models.catalog import DEFAULT_PRESET, Preset, get_preset, presets
+from medgemma_models.catalog import Preset, presets
 
-from ..engine import GenerationSettings, LoadOptions
-
-GPU_AUTO, GPU_CPU, GPU_LAYERS = "auto", "cpu", "layers"
-# Settings that shape the model load rather than the prompt; a preset change keeps them.
-LOADING_KEYS = ("n_ctx", "threads", "gpu", "gpu_layers")
-FALLBACK_DEFAULTS: dict[str, Any] = {
-    "temperature": 0.7, "top_p": 0.95, "top_k": 64, "repeat_penalty": 1.0, "max_tokens": 512,
-}
+from ..settings import GPU_AUTO, GPU_CPU, GPU_LAYERS, LIMITS, ChatSettings, LoadSettings
 
 
 class SettingsPanel(QScrollArea):
-    """Edits one model's working settings; `values()` / `set_values()` round-trip them for History."""
+    """Edits one model's working settings: `show_settings()` and `chat_settings()` / `load_settings()`."""
 
     changed = Signal()
     reasoning_display_changed = Signal(bool)
@@ -87,11 +78,11 @@ class SettingsPanel(QScrollArea):
         for box in (self.think, self.show_reasoning, self.send_reasoning):
             reasoning_layout.addWidget(box)
 
-        self.temperature = self._double(0.0, 2.0, 0.05, 2, "Temperature")
-        self.top_p = self._double(0.0, 1.0, 0.01, 2, "Top-p")
-        self.top_k = self._int(0, 1000, "Top-k")
-        self.repeat_penalty = self._double(0.8, 2.0, 0.01, 2, "Repeat penalty")
-        self.max_tokens = self._int(1, 32768, "Maximum tokens of an answer")
+        self.temperature = self._double("temperature", 0.05, "Temperature")
+        self.top_p = self._double("top_p", 0.01, "Top-p")
+        self.top_k = self._int("top_k", "Top-k")
+        self.repeat_penalty = self._double("repeat_penalty", 0.01, "Repeat penalty")
+        self.max_tokens = self._int("max_tokens", "Maximum tokens of an answer")
         sampling_box = QGroupBox("Sampling", body)
         sampling = QFormLayout(sampling_box)
         sampling.addRow("Temperature", self.temperature)
@@ -100,16 +91,16 @@ class SettingsPanel(QScrollArea):
         sampling.addRow("Repeat penalty", self.repeat_penalty)
         sampling.addRow("Max tokens", self.max_tokens)
 
-        self.n_ctx = self._int(256, 131072, "Context size in tokens")
+        self.n_ctx = self._int("n_ctx", "Context size in tokens")
         self.n_ctx.setSingleStep(512)
-        self.threads = self._int(0, 256, "CPU threads (0: automatic)")
+        self.threads = self._int("threads", "CPU threads (0: automatic)")
         self.threads.setSpecialValueText("Auto")
         self.gpu = QComboBox(body)
         self.gpu.setAccessibleName("GPU offload")
         self.gpu.addItem("Auto", GPU_AUTO)
         self.gpu.addItem("CPU only", GPU_CPU)
         self.gpu.addItem("Layers…", GPU_LAYERS)
-        self.gpu_layers = self._int(0, 999, "GPU layers")
+        self.gpu_layers = self._int("gpu_layers", "GPU layers")
         self.gpu.currentIndexChanged.connect(self._on_gpu_mode)
         gpu_row = QHBoxLayout()
         gpu_row.addWidget(self.gpu, 1)
@@ -144,115 +135,75 @@ class SettingsPanel(QScrollArea):
             spin.valueChanged.connect(self._emit_changed)
         self.system.textChanged.connect(self._emit_changed)
         self.gpu.currentIndexChanged.connect(self._emit_changed)
-        self.set_values({})
+        self.show_settings(ChatSettings.from_dict({}), LoadSettings())
 
-    def _double(self, low: float, high: float, step: float, decimals: int, name: str) -> QDoubleSpinBox:
+    def _double(self, key: str, step: float, name: str) -> QDoubleSpinBox:
         spin = QDoubleSpinBox(self)
-        spin.setRange(low, high)
+        spin.setRange(*LIMITS[key])
         spin.setSingleStep(step)
-        spin.setDecimals(decimals)
+        spin.setDecimals(2)
         spin.setAccessibleName(name)
         return spin
 
-    def _int(self, low: int, high: int, name: str) -> QSpinBox:
+    def _int(self, key: str, name: str) -> QSpinBox:
         spin = QSpinBox(self)
-        spin.setRange(low, high)
+        spin.setRange(*(int(limit) for limit in LIMITS[key]))
         spin.setAccessibleName(name)
         return spin
 
     # -- values ---------------------------------------------------------------------------------
 
-    def preset_name(self) -> str:
-        return str(self.preset.currentData())
-
-    def current_preset(self) -> Preset:
-        return get_preset(self.preset_name())
-
-    def values(self) -> dict[str, Any]:
-        return {
-            "preset": self.preset_name(),
-            "system": self.system.toPlainText(),
-            "temperature": self.temperature.value(),
-            "top_p": self.top_p.value(),
-            "top_k": self.top_k.value(),
-            "repeat_penalty": self.repeat_penalty.value(),
-            "max_tokens": self.max_tokens.value(),
-            "n_ctx": self.n_ctx.value(),
-            "threads": self.threads.value(),
-            "gpu": self.gpu.currentData(),
-            "gpu_layers": self.gpu_layers.value(),
-            "think": self.think.isChecked(),
-            "show_reasoning": self.show_reasoning.isChecked(),
-            "send_reasoning_back": self.send_reasoning.isChecked(),
-        }
-
-    def set_values(self, values: dict[str, Any]) -> None:
-        """Show saved settings; missing keys take the preset's defaults."""
-        self._quiet = True
-        try:
-            name = values.get("preset", DEFAULT_PRESET)
-            index = self.preset.findData(name)
-            self.preset.setCurrentIndex(index if index >= 0 else self.preset.findData(DEFAULT_PRESET))
-            preset = self.current_preset()
-            defaults = {**FALLBACK_DEFAULTS, **preset.defaults}
-            merged = {**defaults, **values}
-            self.system.setPlainText(merged.get("system") or preset.system or "")
-            self.temperature.setValue(float(merged["temperature"]))
-            self.top_p.setValue(float(merged["top_p"]))
-            self.top_k.setValue(int(merged["top_k"]))
-            self.repeat_penalty.setValue(float(merged["repeat_penalty"]))
-            self.max_tokens.setValue(int(merged["max_tokens"]))
-            self.n_ctx.setValue(int(merged.get("n_ctx", 4096)))
-            self.threads.setValue(int(merged.get("threads", 0)))
-            self.gpu.setCurrentIndex(max(self.gpu.findData(merged.get("gpu", GPU_AUTO)), 0))
-            self.gpu_layers.setValue(int(merged.get("gpu_layers", 0)))
-            self.think.setChecked(bool(merged.get("think", True)))
-            self.show_reasoning.setChecked(bool(merged.get("show_reasoning", True)))
-            self.send_reasoning.setChecked(bool(merged.get("send_reasoning_back", False)))
-            self._on_gpu_mode()
-            self._apply_preset_capabilities(preset)
-        finally:
-            self._quiet = False
-        self.reasoning_display_changed.emit(self.show_reasoning_enabled())
-        self.changed.emit()
-
-    @Slot()
-    def reset_to_defaults(self) -> None:
-        """The preset's sampling and prompt defaults; loading settings stay as they are."""
-        keep = {k: v for k, v in self.values().items() if k in ("preset", *LOADING_KEYS)}
-        self.set_values(keep)
-
-    def generation_settings(self, seed: int | None = None) -> GenerationSettings:
-        return GenerationSettings(
+    def chat_settings(self) -> ChatSettings:
+        return ChatSettings(
+            preset=str(self.preset.currentData()),
+            system=self.system.toPlainText(),
             temperature=self.temperature.value(),
             top_p=self.top_p.value(),
             top_k=self.top_k.value(),
             repeat_penalty=self.repeat_penalty.value(),
             max_tokens=self.max_tokens.value(),
-            seed=seed,
+            think=self.think.isChecked(),
+            show_reasoning=self.show_reasoning.isChecked(),
+            send_reasoning_back=self.send_reasoning.isChecked(),
         )
 
-    def load_options(self) -> LoadOptions:
-        mode = self.gpu.currentData()
-        gpu: str | int = self.gpu_layers.value() if mode == GPU_LAYERS else mode
-        threads = self.threads.value() or None
-        return LoadOptions(n_ctx=self.n_ctx.value(), n_threads=threads, gpu=gpu)
+    def load_settings(self) -> LoadSettings:
+        return LoadSettings(n_ctx=self.n_ctx.value(), threads=self.threads.value(), gpu=str(self.gpu.currentData()),
+                            gpu_layers=self.gpu_layers.value())
 
-    def system_prompt(self) -> str | None:
-        return self.system.toPlainText().strip() or None
+    def show_settings(self, chat: ChatSettings, load: LoadSettings | None = None) -> None:
+        """Show a model's settings (`load` None: the loading settings on show stay)."""
+        self._quiet = True
+        try:
+            self.preset.setCurrentIndex(max(self.preset.findData(chat.preset), 0))
+            self.system.setPlainText(chat.system)
+            self.temperature.setValue(chat.temperature)
+            self.top_p.setValue(chat.top_p)
+            self.top_k.setValue(chat.top_k)
+            self.repeat_penalty.setValue(chat.repeat_penalty)
+            self.max_tokens.setValue(chat.max_tokens)
+            self.think.setChecked(chat.think)
+            self.show_reasoning.setChecked(chat.show_reasoning)
+            self.send_reasoning.setChecked(chat.send_reasoning_back)
+            if load is not None:
+                self.n_ctx.setValue(load.n_ctx)
+                self.threads.setValue(load.threads)
+                self.gpu.setCurrentIndex(max(self.gpu.findData(load.gpu), 0))
+                self.gpu_layers.setValue(load.gpu_layers)
+            self._on_gpu_mode()
+            self._apply_preset_capabilities(chat.preset_spec)
+        finally:
+            self._quiet = False
+        self.reasoning_display_changed.emit(chat.show_reasoning_enabled)
+        self.changed.emit()
 
-    def reasoning_available(self) -> bool:
-        return self.current_preset().reasoning
+    @Slot()
+    def reset_to_defaults(self) -> None:
+        """The preset's sampling and prompt defaults; loading settings stay as they are."""
+        self.show_settings(ChatSettings.defaults_for(self.chat_settings().preset))
 
-    def think_enabled(self) -> bool:
-        return self.reasoning_available() and self.think.isChecked()
-
-    def show_reasoning_enabled(self) -> bool:
-        # A preset that does not reason can still emit <think>; show it rather than lose text.
-        return self.show_reasoning.isChecked() or not self.reasoning_available()
-
-    def send_reasoning_back_enabled(self) -> bool:
-        return self.reasoning_available() and self.send_reasoning.isChecked()
+    def set_reload_enabled(self, enabled: bool) -> None:
+        self.reload_button.setEnabled(enabled)
 
     # -- reactions ------------------------------------------------------------------------------
 
@@ -261,9 +212,7 @@ class SettingsPanel(QScrollArea):
         if self._quiet:
             return
         # A new preset brings its own prompt and sampling defaults.
-        keep = {k: v for k, v in self.values().items()
-                if k in ("preset", *LOADING_KEYS, "think", "show_reasoning", "send_reasoning_back")}
-        self.set_values(keep)
+        self.show_settings(self.chat_settings().with_preset(str(self.preset.currentData())))
 
     def _apply_preset_capabilities(self, preset: Preset) -> None:
         # Zero-width spaces let long repository ids wrap instead of widening the panel.
@@ -281,5 +230,5 @@ class SettingsPanel(QScrollArea):
     def _emit_changed(self) -> None:
         if not self._quiet:
             if self.sender() is self.show_reasoning:
-                self.reasoning_display_changed.emit(self.show_reasoning_enabled())
+                self.reasoning_display_changed.emit(self.chat_settings().show_reasoning_enabled)
             self.changed.emit()

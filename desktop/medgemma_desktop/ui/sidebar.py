@@ -16,6 +16,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from .plain_text import plain_tooltip
+
 CHAT_ID_ROLE = Qt.ItemDataRole.UserRole
 
 
@@ -76,12 +78,18 @@ class Sidebar(QWidget):
         for chat in chats:
             item = QListWidgetItem(chat.title or "Untitled chat")
             item.setData(CHAT_ID_ROLE, chat.id)
-            item.setToolTip(chat.title)
+            item.setToolTip(plain_tooltip(chat.title))  # a title is the user's words: never HTML
             self.list.addItem(item)
             if chat.id == current:
                 self.list.setCurrentItem(item)
         self._filling = False
         self._update_buttons()
+
+    def clear_selection(self) -> None:
+        self.list.setCurrentRow(-1)
+
+    def search_text(self) -> str:
+        return self.search.text()
 
     def titles(self) -> list[str]:
         return [self.list.item(i).text() for i in range(self.list.count())]

@@ -6,6 +6,9 @@ STYLESHEET = f"""
 QMainWindow, QWidget#center, QWidget#chatContainer {{ background: #16181d; color: #e6e8ec; }}
 QWidget {{ font-size: 13px; }}
 QLabel {{ color: #e6e8ec; }}
+QDialog, QMessageBox, QInputDialog {{ background: #1b1e24; color: #e6e8ec; }}
+QDialog QLabel, QMessageBox QLabel, QCheckBox {{ color: #e6e8ec; }}
+QTableWidget, QHeaderView::section {{ background: #1d2027; color: #e6e8ec; gridline-color: #2e333d; border: none; }}
 QToolTip {{ background: #262a33; color: #e6e8ec; border: 1px solid #3a404c; padding: 4px; }}
 
 QWidget#sidebar {{ background: #0f1114; border-right: 1px solid #23272f; }}

@@ -1,0 +1,355 @@
+"""The open chat and its answer in progress: send, stream, stop, regenerate, edit and resend. No Qt.
+
+`ChatSession` keeps the chat's state and saves it through History; whoever shows it (the
+window, or nothing at all) subscribes a `SessionListener` and is told what changed. Answers
+are produced by a backend that takes a `GenerationRequest` and later calls the session's
+`on_prompt_planned` / `on_piece` / `on_finished` / `on_failed` (the window's engine thread
+through queued signals, or `generation.DirectBackend` on the calling thread).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from medgemma_models.errors import MedGemmaError
+from medgemma_models.gguf_info import ModelInfo
+from medgemma_models.reasoning import ReasoningSplitter, Segment
+
+from .conversation import PromptPlan
+from .engine import GenerationStats
+from .generation import GenerationRequest
+from .history import History, Message, StreamingMessageWriter, model_record
+from .settings import ChatSettings, LoadSettings, stored_settings
+
+log = logging.getLogger(__name__)
+
+SAVE_INTERVAL_S = 1.0
+TITLE_LENGTH = 48
+
+
+def chat_title(text: str) -> str:
+    """A chat's title from its first message: one line, at most TITLE_LENGTH characters."""
+    line = " ".join(text.split())
+    return line if len(line) <= TITLE_LENGTH else line[: TITLE_LENGTH - 1].rstrip() + "…"
+
+
+def meta_text(meta: dict[str, Any], complete: bool, role: str) -> str:
+    """The line under an answer: failed or stopped, tokens and speed, cut at max tokens."""
+    if role == "user":
+        return ""
+    parts = []
+    if meta.get("error"):
+        parts.append(f"Failed: {meta['error']}")
+    elif not complete:
+        parts.append("Stopped — partial answer")
+    stats = meta.get("stats")
+    if isinstance(stats, dict) and "generated_tokens" in stats and "decode_tok_per_s" in stats:
+        parts.append(f"{stats['generated_tokens']} tokens · {stats['decode_tok_per_s']:.1f} tok/s")
+        if stats.get("finish_reason") == "length":
+            parts.append("cut at max tokens")
+    if meta.get("unterminated_reasoning"):
+        parts.append("reasoning did not finish")
+    return " · ".join(parts)
+
+
+class Backend(Protocol):
+    """Produces answers: takes a request now, reports through the session's `on_*` methods later."""
+
+    def generate(self, request: GenerationRequest) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+class SessionListener:
+    """What a view of the session is told; every method does nothing unless overridden."""
+
+    def chat_cleared(self) -> None:
+        """The view shows no chat now (a new chat, or the open one was deleted)."""
+
+    def message_shown(self, message: Message, author: str) -> None:
+        """A stored message to show."""
+
+    def answer_started(self, message_id: int, author: str) -> None:
+        """An empty answer begins streaming below the last message."""
+
+    def messages_removed(self, from_id: int) -> None:
+        """This message and every later one are gone (regenerate, edit and resend)."""
+
+    def answer_grew(self, answer: str, reasoning: str, reasoning_tokens: int) -> None:
+        """Text streamed into the answer being shown."""
+
+    def answer_ended(self, message_id: int, meta: str) -> None:
+        """The answer being shown is complete, stopped or failed; `meta` is its status line."""
+
+    def context_trimmed(self, dropped_turns: int) -> None:
+        """Earlier messages were left out of the prompt (0: none)."""
+
+    def busy_changed(self, busy: bool) -> None:
+        """An answer started or ended."""
+
+    def chats_changed(self) -> None:
+        """Chat titles or their order changed."""
+
+    def problem(self, title: str, message: str) -> None:
+        """Something the user must be told about."""
+
+    def answer_done(self, stats: GenerationStats | None) -> None:
+        """Last of all when an answer ends (stats None: it failed)."""
+
+
+@dataclass
+class Answer:
+    """The answer being streamed: where it is saved and how it is split and counted."""
+
+    chat_id: int
+    message_id: int
+    writer: StreamingMessageWriter
+    splitter: ReasoningSplitter = field(default_factory=ReasoningSplitter)
+    shown: bool = True  # False once the user opened another chat: it goes on saving, unseen
+    discarded: bool = False  # its chat was deleted while it streamed
+    reasoning_tokens: int = 0
+    pieces: int = 0
+    first_piece_at: float | None = None
+    last_piece_at: float | None = None
+    prompt_tokens: int = 0
+    dropped_turns: int = 0
+
+
+class ChatSession:
+    """One open chat (or none yet) and at most one answer streaming."""
+
+    def __init__(self, history: History, backend: Backend, clock: Callable[[], float] = time.perf_counter,
+                 save_interval: float = SAVE_INTERVAL_S) -> None:
+        self.history = history
+        self.backend = backend
+        self.clock = clock
+        self.save_interval = save_interval
+        self.listener = SessionListener()
+        self.chat_id: int | None = None
+        self.answer: Answer | None = None
+        self.editing_id: int | None = None
+        self.model: ModelInfo | None = None
+        self.model_sha256: str | None = None
+        self.settings = ChatSettings.from_dict({})
+        self.load_settings = LoadSettings()
+        self.last_stats: GenerationStats | None = None
+        self.view_tok_per_s = 0.0  # decode speed as the session received the pieces
+        self.seed: int | None = None  # the sampler's seed for every answer (None: a new one each time)
+
+    # -- state ----------------------------------------------------------------------------------
+
+    @property
+    def busy(self) -> bool:
+        return self.answer is not None
+
+    def use_model(self, info: ModelInfo, sha256: str) -> None:
+        self.model, self.model_sha256 = info, sha256
+
+    def use_settings(self, chat: ChatSettings, load: LoadSettings) -> None:
+        self.settings, self.load_settings = chat, load
+
+    def can_send(self) -> bool:
+        return self.answer is None and self.model is not None
+
+    def author(self, message: Message) -> str:
+        if message.role == "user":
+            return "You"
+        model = message.meta.get("model")
+        name = model.get("name") if isinstance(model, dict) else None
+        return str(name or (self.model.name if self.model else "Model"))
+
+    # -- chats ----------------------------------------------------------------------------------
+
+    def new_chat(self) -> None:
+        self._leave_answer()
+        self.chat_id = None
+        self.cancel_edit()
+        self.listener.chat_cleared()
+
+    def open_chat(self, chat_id: int) -> None:
+        if chat_id == self.chat_id:
+            return
+        self._leave_answer()
+        self.cancel_edit()
+        self.chat_id = chat_id
+        self.listener.chat_cleared()
+        for message in self.history.messages(chat_id):
+            self.listener.message_shown(message, self.author(message))
+
+    def rename_chat(self, chat_id: int, title: str) -> None:
+        title = title.strip()
+        if title:
+            self.history.rename_chat(chat_id, title)
+            self.listener.chats_changed()
+
+    def delete_chat(self, chat_id: int) -> None:
+        if self.answer is not None and self.answer.chat_id == chat_id:
+            self.answer.discarded = True
+            self.backend.stop()
+        self.history.delete_chat(chat_id)
+        if self.chat_id == chat_id:
+            self._leave_answer()
+            self.chat_id = None
+            self.listener.chat_cleared()
+            self.cancel_edit()
+        self.listener.chats_changed()
+
+    def _leave_answer(self) -> None:
+        """The view is about to change: an answer still streaming goes on saving, unseen."""
+        if self.answer is not None:
+            self.answer.shown = False
+
+    # -- sending --------------------------------------------------------------------------------
+
+    def send(self, text: str) -> bool:
+        """Save the user's message and ask for an answer; with an edit under way, replace the last question."""
+        text = text.strip()
+        if not text or not self.can_send():
+            return False
+        assert self.model is not None
+        if self.editing_id is not None:
+            self.history.delete_messages_from(self.editing_id)
+            self.listener.messages_removed(self.editing_id)
+            self.cancel_edit()
+        if self.chat_id is None:
+            self.chat_id = self.history.create_chat(chat_title(text), model=self._model_record(),
+                                                    settings=stored_settings(self.settings, self.load_settings))
+        message_id = self.history.add_message(self.chat_id, "user", text)
+        self.listener.message_shown(self.history.message(message_id), "You")
+        self._generate()
+        self.listener.chats_changed()
+        return True
+
+    def regenerate(self, message_id: int) -> bool:
+        """Throw the last answer away and stream a new one."""
+        if not self.can_send() or self.chat_id is None:
+            return False
+        self.history.delete_messages_from(message_id)
+        self.listener.messages_removed(message_id)
+        self._generate()
+        return True
+
+    def start_edit(self, message_id: int) -> str | None:
+        """Edit the last question: returns its text; the next send replaces it and what followed."""
+        if self.answer is not None:
+            return None
+        self.editing_id = message_id
+        return self.history.message(message_id).text
+
+    def cancel_edit(self) -> None:
+        self.editing_id = None
+
+    def stop(self) -> None:
+        if self.answer is not None:
+            self.backend.stop()
+
+    def _generate(self) -> None:
+        """Stream an answer to the chat's last user message."""
+        assert self.chat_id is not None and self.model is not None
+        messages = self.history.messages(self.chat_id)
+        self.history.set_chat_model(self.chat_id, self._model_record())
+        message_id = self.history.add_message(self.chat_id, "model", "", complete=False)
+        writer = StreamingMessageWriter(self.history, message_id, interval=self.save_interval, clock=self.clock)
+        self.answer = Answer(chat_id=self.chat_id, message_id=message_id, writer=writer)
+        self.listener.answer_started(message_id, self.model.name)
+        self.listener.busy_changed(True)
+        settings = self.settings
+        # A direct backend answers before this returns: nothing may follow this call.
+        self.backend.generate(GenerationRequest(
+            preset=settings.preset_spec,
+            messages=messages,
+            settings=settings.generation(seed=self.seed),
+            system=settings.system_prompt(),
+            think=settings.think_enabled,
+            send_reasoning_back=settings.send_reasoning_back_enabled,
+        ))
+
+    # -- the answer as it arrives ---------------------------------------------------------------
+
+    def on_prompt_planned(self, plan: PromptPlan) -> None:
+        if self.answer is None:
+            return
+        self.answer.prompt_tokens = plan.prompt_tokens
+        self.answer.dropped_turns = plan.dropped_turns
+        if self.answer.shown:
+            self.listener.context_trimmed(plan.dropped_turns)
+
+    def on_piece(self, text: str) -> None:
+        answer = self.answer
+        if answer is None:
+            return
+        now = self.clock()
+        if answer.first_piece_at is None:
+            answer.first_piece_at = now
+        answer.last_piece_at = now
+        answer.pieces += 1
+        self._apply(answer, answer.splitter.feed(text), count_tokens=True)
+
+    def _apply(self, answer: Answer, segments: list[Segment], count_tokens: bool) -> None:
+        reasoning = "".join(s.text for s in segments if s.kind == "reasoning")
+        text = "".join(s.text for s in segments if s.kind == "answer")
+        # A piece is one token; one that carries reasoning counts as a reasoning token.
+        tokens = 1 if reasoning and count_tokens else 0
+        answer.reasoning_tokens += tokens
+        if not answer.discarded:
+            answer.writer.append(answer=text, reasoning=reasoning)
+        if answer.shown and (text or reasoning):
+            self.listener.answer_grew(text, reasoning, tokens)
+
+    def flush(self) -> None:
+        """Save what has arrived (the writer saves on arriving pieces; this covers a model gone quiet)."""
+        if self.answer is not None and not self.answer.discarded:
+            self.answer.writer.flush()
+
+    def on_finished(self, stats: GenerationStats) -> None:
+        answer = self.answer
+        if answer is None:
+            return
+        self._apply(answer, answer.splitter.finish(), count_tokens=False)
+        self.last_stats = stats
+        if answer.first_piece_at is not None and answer.last_piece_at is not None and answer.pieces > 1:
+            elapsed = answer.last_piece_at - answer.first_piece_at
+            self.view_tok_per_s = (answer.pieces - 1) / elapsed if elapsed > 0 else 0.0
+        self._end(answer, self._meta(answer, stats), complete=stats.finish_reason != "cancelled", stats=stats)
+
+    def on_failed(self, message: str) -> None:
+        answer = self.answer
+        if answer is None:
+            return
+        self._apply(answer, answer.splitter.finish(), count_tokens=False)
+        self._end(answer, {**self._meta(answer, None), "error": message}, complete=False, stats=None)
+        self.listener.problem("The answer failed", message)
+
+    def _end(self, answer: Answer, meta: dict[str, Any], complete: bool, stats: GenerationStats | None) -> None:
+        self.answer = None
+        if not answer.discarded:
+            try:
+                answer.writer.finish(meta, complete=complete)
+            except MedGemmaError as exc:  # the chat was deleted in another window meanwhile
+                log.warning("could not save the answer: %s", exc)
+        if answer.shown:
+            self.listener.answer_ended(answer.message_id, meta_text(meta, complete, "model"))
+        self.listener.busy_changed(False)
+        self.listener.chats_changed()
+        self.listener.answer_done(stats)
+
+    def _meta(self, answer: Answer, stats: GenerationStats | None) -> dict[str, Any]:
+        meta: dict[str, Any] = {
+            "model": self._model_record() if self.model is not None else {},
+            "settings": stored_settings(self.settings, self.load_settings),
+            "reasoning_tokens": answer.reasoning_tokens,
+            "dropped_turns": answer.dropped_turns,
+            "unterminated_reasoning": answer.splitter.unterminated,
+        }
+        if stats is not None:
+            meta["stats"] = dataclasses.asdict(stats)
+        return meta
+
+    def _model_record(self) -> dict[str, Any]:
+        assert self.model is not None
+        return model_record(self.model, self.model_sha256)

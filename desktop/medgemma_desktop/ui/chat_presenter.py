@@ -1,0 +1,173 @@
+"""The chat as the window shows it: the session's events into the chat view, the composer's and
+sidebar's requests into the session.
+
+The state is `ChatSession`'s (Qt-free); this only shows and forwards.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+
+from PySide6.QtCore import QObject, Signal, Slot
+from PySide6.QtWidgets import QFileDialog, QWidget
+
+from medgemma_models.errors import MedGemmaError
+
+from ..engine import GenerationStats
+from ..history import Message
+from ..session import ChatSession, SessionListener, chat_title, meta_text
+from .chat_view import ChatView
+from .composer import Composer
+from .dialogs import ask_text, confirm
+from .sidebar import Sidebar
+
+
+class ChatPresenter(QObject, SessionListener):
+    state_changed = Signal()  # busy, or the open chat changed: what can be clicked changes
+    answer_finished = Signal(object)  # GenerationStats or None (failed)
+    status_message = Signal(str)
+
+    def __init__(self, session: ChatSession, chat_view: ChatView, composer: Composer, sidebar: Sidebar,
+                 report_error: Callable[[str, str], None], parent: QWidget) -> None:
+        super().__init__(parent)
+        self.session, self.history = session, session.history
+        self.chat_view, self.composer, self.sidebar = chat_view, composer, sidebar
+        self.report_error = report_error
+        self._window = parent
+        session.listener = self
+        for signal, slot in ((sidebar.new_chat_requested, self.new_chat), (sidebar.chat_selected, self.open_chat),
+                             (sidebar.rename_requested, self.ask_rename), (sidebar.delete_requested, self.ask_delete),
+                             (sidebar.search_changed, self.refresh_chats), (composer.stop_requested, self.stop),
+                             (composer.cancel_edit_requested, self.cancel_edit),
+                             (chat_view.edit_requested, self.edit_message)):
+            signal.connect(slot)
+
+    # -- chats ----------------------------------------------------------------------------------
+
+    @Slot()
+    def refresh_chats(self) -> None:
+        self.sidebar.set_chats(self.history.chats(self.sidebar.search_text()), self.session.chat_id)
+
+    @Slot()
+    def new_chat(self) -> None:
+        self.session.new_chat()
+        self.sidebar.clear_selection()
+        self.composer.focus_input()
+        self.state_changed.emit()
+
+    @Slot(int)
+    def open_chat(self, chat_id: int) -> None:
+        self.session.open_chat(chat_id)
+        self.chat_view.set_show_reasoning(self.session.settings.show_reasoning_enabled)
+        self.state_changed.emit()
+
+    def rename_chat(self, chat_id: int, title: str) -> None:
+        self.session.rename_chat(chat_id, title)
+
+    def delete_chat(self, chat_id: int) -> None:
+        self.session.delete_chat(chat_id)
+        self.state_changed.emit()
+
+    @Slot(int)
+    def ask_rename(self, chat_id: int) -> None:
+        ask_text(self._window, "Rename chat", "New title:", self.history.chat(chat_id).title,
+                 partial(self.rename_chat, chat_id))
+
+    @Slot(int)
+    def ask_delete(self, chat_id: int) -> None:
+        question = f"Delete “{self.history.chat(chat_id).title}”? Its messages are erased from this computer."
+        confirm(self._window, "Delete chat", question, partial(self.delete_chat, chat_id))
+
+    @Slot()
+    def ask_export(self) -> None:
+        chat_id = self.session.chat_id
+        if chat_id is None:
+            self.report_error("Nothing to export", "Open or start a chat first.")
+            return
+        suggested = str(Path.home() / f"{chat_title(self.history.chat(chat_id).title)}.md")
+        name, chosen = QFileDialog.getSaveFileName(self._window, "Export chat", suggested, "Markdown (*.md);;JSON (*.json)")
+        if name:
+            self.export_chat(Path(name), "json" if chosen.startswith("JSON") or name.endswith(".json") else "markdown")
+
+    def export_chat(self, path: Path, fmt: str) -> bool:
+        from ..export import export_chat
+
+        if self.session.chat_id is None:
+            return False
+        try:
+            export_chat(self.history, self.session.chat_id, path, fmt)  # type: ignore[arg-type]
+        except (MedGemmaError, OSError) as exc:
+            self.report_error("Could not export the chat", str(exc))
+            return False
+        self.status_message.emit(f"Exported to {path}")
+        return True
+
+    # -- sending --------------------------------------------------------------------------------
+
+    def send(self) -> bool:
+        """Send the message in the input (replacing the last question when editing)."""
+        if not self.session.send(self.composer.text()):
+            return False
+        self.composer.set_text("")
+        return True
+
+    @Slot()
+    def stop(self) -> None:
+        self.session.stop()
+
+    @Slot(int)
+    def edit_message(self, message_id: int) -> None:
+        """Put the last question back into the input; sending replaces it and what followed."""
+        text = self.session.start_edit(message_id)
+        if text is not None:
+            self.composer.set_text(text)
+            self.composer.set_editing(True)
+            self.composer.focus_input()
+
+    @Slot()
+    def cancel_edit(self) -> None:
+        if self.session.editing_id is not None:
+            self.composer.set_text("")
+        self.session.cancel_edit()
+        self.composer.set_editing(False)
+
+    # -- what the session says (SessionListener) ------------------------------------------------
+
+    def chat_cleared(self) -> None:
+        self.chat_view.clear()
+        self.cancel_edit()
+
+    def message_shown(self, message: Message, author: str) -> None:
+        card = self.chat_view.add_message(message.id, message.role, author)
+        card.set_content(message.text, message.reasoning, message.meta.get("reasoning_tokens"))
+        card.set_meta(meta_text(message.meta, message.complete, message.role))
+
+    def answer_started(self, message_id: int, author: str) -> None:
+        self.chat_view.start_answer(message_id, author, self.session.settings.show_reasoning_enabled)
+
+    def messages_removed(self, from_id: int) -> None:
+        self.chat_view.remove_from(from_id)
+
+    def answer_grew(self, answer: str, reasoning: str, reasoning_tokens: int) -> None:
+        self.chat_view.append_to_answer(answer, reasoning, reasoning_tokens, self.session.settings.show_reasoning_enabled)
+
+    def answer_ended(self, message_id: int, meta: str) -> None:
+        self.chat_view.end_answer(message_id, meta)
+
+    def context_trimmed(self, dropped_turns: int) -> None:
+        self.chat_view.set_dropped(dropped_turns)
+
+    def busy_changed(self, busy: bool) -> None:
+        self.composer.set_busy(busy)
+        self.state_changed.emit()
+
+    def chats_changed(self) -> None:
+        self.refresh_chats()
+
+    def problem(self, title: str, message: str) -> None:
+        self.report_error(title, message)
+
+    def answer_done(self, stats: GenerationStats | None) -> None:
+        self.answer_finished.emit(stats)

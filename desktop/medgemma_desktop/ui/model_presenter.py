@@ -1,0 +1,215 @@
+"""The models as the window shows them: the picker, loading with its progress and Cancel, the
+settings panel of the model in use, Open GGUF… (a model, or an adapter put on its base) and Convert….
+
+The state is `ModelLibrary`'s (Qt-free); the loads run in the engine worker's thread.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from PySide6.QtCore import QObject, Signal, Slot
+from PySide6.QtWidgets import QFileDialog, QWidget
+
+from medgemma_models.errors import MedGemmaError
+from medgemma_models.gguf_info import ModelInfo
+from medgemma_models.store import models_dir
+
+from ..adapters import check_fits, is_adapter, read_adapter
+from ..generation import CANNOT_OPEN, AdapterUse, Loaded, LoadRequest
+from ..library import (
+    GEMMA_ARCHITECTURES,
+    AdapterMatch,
+    ModelEntry,
+    ModelLibrary,
+    base_candidates,
+    describe,
+    find_base,
+    is_embedded_file,
+)
+from ..session import ChatSession
+from ..settings import ChatSettings, LoadSettings
+from .engine_worker import EngineWorker
+from .model_bar import ModelBar
+from .settings_panel import SettingsPanel
+from .status_bar import StatusBar
+
+
+class ModelPresenter(QObject):
+    load_requested = Signal(object)  # LoadRequest, to the worker
+    inspect_requested = Signal(object)  # list[Path], to the worker
+    model_loaded = Signal()
+    state_changed = Signal()  # a load started or ended: what can be clicked changes
+
+    def __init__(self, library: ModelLibrary, session: ChatSession, worker: EngineWorker, model_bar: ModelBar,
+                 settings_panel: SettingsPanel, status: StatusBar, report_error: Callable[[str, str], None],
+                 parent: QWidget) -> None:
+        super().__init__(parent)
+        self.library, self.session, self.worker = library, session, worker
+        self.model_bar, self.settings_panel, self.status = model_bar, settings_panel, status
+        self.report_error = report_error
+        self._window = parent
+        self.load_requested.connect(worker.load)
+        self.inspect_requested.connect(worker.inspect)
+        for signal, slot in ((worker.model_inspected, self._on_model_inspected), (worker.load_progress, status.set_load_progress),
+                             (worker.loaded, self._on_loaded), (worker.load_failed, self._on_load_failed),
+                             (worker.load_cancelled, self._on_load_cancelled), (model_bar.model_chosen, self._on_entry_chosen),
+                             (model_bar.open_requested, self.ask_open_model), (model_bar.convert_requested, self.show_convert_dialog),
+                             (settings_panel.changed, self._on_settings_changed), (settings_panel.reload_requested, self.reload_model),
+                             (status.cancel_load_requested, self.cancel_load)):
+            signal.connect(slot)
+
+    def refresh_models(self) -> None:
+        """List the models; the worker reads the headers not read yet (a vocabulary takes seconds)."""
+        self.model_bar.set_models(self.library.entries(), self.library.selected_key())
+        unknown = self.library.to_inspect()
+        if unknown:
+            self.inspect_requested.emit(unknown)
+
+    @Slot(object, object)
+    def _on_model_inspected(self, path: Path, info: ModelInfo | AdapterMatch | str) -> None:
+        self.library.set_info(path, info)
+        self.refresh_models()
+
+    @Slot(object)
+    def _on_entry_chosen(self, entry: ModelEntry) -> None:
+        match = self.library.adapter_info(entry.path) if entry.path is not None and not entry.adapters else None
+        if match is not None:  # a store adapter whose base was not found: ask for it
+            self.open_model_file(entry.path)
+        else:
+            self.choose_model(entry.path, entry.adapters)
+
+    def choose_model(self, path: Path | None, adapters: Sequence[AdapterUse] = ()) -> bool:
+        """Load a model (with `adapters` on top) and its remembered settings; one that fails is reported and
+        the model in use stays."""
+        if self.session.busy or self.library.loading:
+            self.report_error("Model busy", "Wait for the answer or the model load to end before switching models.")
+            self.model_bar.select(self.library.selected_key())
+            return False
+        path = Path(path) if path is not None else None
+        pending, saved = self.library.begin_load(path, adapters)
+        self.settings_panel.show_settings(*(saved or (ChatSettings.from_dict({}), LoadSettings())))
+        self._start_load(path, pending.adapters)
+        return True
+
+    def open_model_file(self, path: Path, base: Path | None = None) -> bool:
+        """Open a GGUF from anywhere (the Open GGUF… button and Ctrl+O end here).
+
+        An adapter goes on `base`, else on the known file it fits (its provenance's base first),
+        else on a base the user picks; one made for another architecture or size is refused and
+        the model in use stays.
+        """
+        path = Path(path)
+        if not is_adapter(path):
+            return self.choose_model(path)
+        try:
+            adapter = read_adapter(path)
+            if adapter.architecture not in GEMMA_ARCHITECTURES:
+                raise MedGemmaError(f"{path.name} is an adapter for {adapter.architecture} models; "
+                                    "MedGemma Edge runs Gemma 2 and Gemma 3 models.")
+            if base is None:
+                base = find_base(adapter, base_candidates(adapter.base, self.library.recent_files()))
+            if base is None:
+                base = self.ask_base(adapter.path.name, adapter.architecture, adapter.base)
+                if base is None:
+                    return False
+            check_fits(adapter, base)
+        except MedGemmaError as exc:
+            self.report_error(CANNOT_OPEN, str(exc))
+            return False
+        return self.choose_model(None if is_embedded_file(base) else base, (AdapterUse(path, 1.0),))
+
+    def ask_base(self, adapter: str, architecture: str, named: str | None) -> Path | None:
+        """No known file fits the adapter: the user picks its base (None: they cancelled)."""
+        made_for = f" (made for {named})" if named else ""
+        name, _ = QFileDialog.getOpenFileName(self._window, f"Choose the {architecture} base model for {adapter}{made_for}",
+                                              str(models_dir()), "GGUF models (*.gguf);;All files (*)")
+        return Path(name) if name else None
+
+    @Slot()
+    def reload_model(self) -> None:
+        """Apply context, threads and GPU settings: load the current model again."""
+        pending = None if self.session.busy else self.library.begin_reload()
+        if pending is not None:
+            self._start_load(pending.path, pending.adapters)
+
+    def _start_load(self, path: Path | None, adapters: tuple[AdapterUse, ...] = ()) -> None:
+        name = path.name if path is not None else "the embedded model"
+        self.status.show_loading(" + ".join([name, *(a.path.name for a in adapters)]))
+        self.state_changed.emit()
+        self.worker.clear_flags()
+        self.load_requested.emit(LoadRequest(path=path, options=self.settings_panel.load_settings().options(),
+                                             adapters=adapters))
+
+    @Slot()
+    def cancel_load(self) -> None:
+        if self.library.loading:
+            self.worker.request_cancel_load()
+
+    @Slot(object)
+    def _on_loaded(self, loaded: Loaded) -> None:
+        load = self.settings_panel.load_settings()
+        chat = self.library.finish_load(loaded, self.settings_panel.chat_settings(), load)
+        self.settings_panel.show_settings(chat)
+        self.session.use_model(loaded.info, loaded.sha256)
+        current = self.library.current
+        assert current is not None
+        self.status.show_model(f"{current.title or loaded.info.name} · {current.offload}")
+        self.status.show_context(0, current.n_ctx)
+        self.model_bar.set_details(describe(loaded.info))
+        self._end_load()
+        self.refresh_models()
+        self.model_loaded.emit()
+
+    @Slot(str, str)
+    def _on_load_failed(self, title: str, message: str) -> None:
+        self._abort_load("")
+        self.report_error(title, message)
+
+    @Slot()
+    def _on_load_cancelled(self) -> None:
+        self._abort_load("Loading cancelled · ")
+
+    def _abort_load(self, prefix: str) -> None:
+        """After a failed or cancelled load: show the model still in use and its settings."""
+        saved = self.library.abort_load()
+        self._end_load()
+        current = self.library.current
+        self.status.show_model(prefix + (f"{current.title or current.info.name} · {current.offload}"
+                                         if current else "No model loaded"))
+        if saved is not None:
+            self.settings_panel.show_settings(*saved)
+        self.model_bar.select(self.library.selected_key())
+
+    def _end_load(self) -> None:
+        self.status.end_loading()
+        self.state_changed.emit()
+
+    @Slot()
+    def ask_open_model(self) -> None:
+        if not self.library.loading:
+            name, _ = QFileDialog.getOpenFileName(self._window, "Open a GGUF model or LoRA adapter", str(models_dir()),
+                                                  "GGUF models (*.gguf);;All files (*)")
+            if name:
+                self.open_model_file(Path(name))
+
+    @Slot()
+    def show_convert_dialog(self) -> None:
+        from .convert_dialog import ConvertDialog
+
+        dialog = ConvertDialog(self._window)
+        dialog.converted.connect(self._on_converted)
+        dialog.open()
+
+    @Slot(str)
+    def _on_converted(self, path: str) -> None:
+        self.library.remember_recent(Path(path))
+        self.refresh_models()
+
+    @Slot()
+    def _on_settings_changed(self) -> None:
+        chat, load = self.settings_panel.chat_settings(), self.settings_panel.load_settings()
+        self.library.save_settings(chat, load)
+        if not self.library.loading:
+            self.session.use_settings(chat, load)

@@ -1,0 +1,96 @@
+"""Provenance: the GGUF keys this project writes into its exports, and their typed reading.
+
+The converter writes them (`medgemma_convert.gguf_export`) and the app reads them back (which
+preset a file was made for, which base an adapter belongs to). A file can carry anything under
+these keys, so reading checks every type and keeps only what is well-formed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+PREFIX = "medgemma."
+KEY_BASE = "medgemma.base"
+KEY_ADAPTERS = "medgemma.adapters"  # a JSON list of objects, one per adapter
+KEY_PRESET = "medgemma.preset"
+KEY_CONVERTER = "medgemma.converter"
+# Added once a file is written (JSON objects): the importance matrix its quantization used
+# (source, datasets, sha256, tokens, chunks) and its verification figures (VerifyFigures).
+KEY_IMATRIX = "medgemma.imatrix"
+KEY_VERIFICATION = "medgemma.verification"
+KEYS = (KEY_BASE, KEY_ADAPTERS, KEY_PRESET, KEY_CONVERTER, KEY_IMATRIX, KEY_VERIFICATION)
+
+
+def short_name(key: str) -> str:
+    """`medgemma.base` -> `base`: the name under which `ModelInfo.provenance` keeps a key."""
+    return key.removeprefix(PREFIX)
+
+
+@dataclass(frozen=True)
+class AdapterRecord:
+    """One adapter merged into (or stored beside) a model: its id, weights hash and scale."""
+
+    id: str
+    sha256: str | None = None
+    scale: float = 1.0
+    base: str | None = None  # the base it was trained on, when the adapter says so
+
+    @classmethod
+    def from_dict(cls, data: Any) -> AdapterRecord | None:
+        """The record in `data`, or None when `data` is not an object with a string id."""
+        if not isinstance(data, Mapping) or not isinstance(data.get("id"), str) or not data["id"]:
+            return None
+        scale = data.get("scale", 1.0)
+        return cls(
+            id=data["id"],
+            sha256=data.get("sha256") if isinstance(data.get("sha256"), str) else None,
+            scale=float(scale) if isinstance(scale, (int, float)) and not isinstance(scale, bool) else 1.0,
+            base=data.get("base") if isinstance(data.get("base"), str) else None,
+        )
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """What a GGUF says about where it came from; every field is None/empty when absent or malformed."""
+
+    base: str | None = None
+    adapters: tuple[AdapterRecord, ...] = ()
+    preset: str | None = None
+    converter: str | None = None
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Provenance:
+        """From `ModelInfo.provenance` (short names) or raw GGUF fields (full key names)."""
+
+        def get(key: str) -> Any:
+            return data.get(short_name(key), data.get(key))
+
+        adapters = get(KEY_ADAPTERS)
+        if isinstance(adapters, str):
+            adapters = decode_json(adapters)
+        records = [AdapterRecord.from_dict(a) for a in adapters] if isinstance(adapters, list) else []
+        return cls(
+            base=_text(get(KEY_BASE)),
+            adapters=tuple(r for r in records if r is not None),
+            preset=_text(get(KEY_PRESET)),
+            converter=_text(get(KEY_CONVERTER)),
+        )
+
+    @property
+    def adapter_ids(self) -> tuple[str, ...]:
+        return tuple(a.id for a in self.adapters)
+
+
+def decode_json(value: str) -> Any:
+    """The JSON value of a string key, or the string itself when it is not JSON."""
+    try:
+        return json.loads(value)
+    except (TypeError, ValueError):
+        return value
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None

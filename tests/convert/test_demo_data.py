@@ -1,0 +1,107 @@
+"""The demo chain-of-thought dataset: size and splits, the rendered training text, and the label mask."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from medgemma_convert.demo.dataset import (
+    DemoDataError,
+    Item,
+    encode,
+    load_items,
+    preset,
+    prompt_text,
+    target_text,
+    thinks,
+    training_examples,
+)
+from medgemma_models.prompt import Turn
+
+
+@pytest.fixture(scope="module")
+def items() -> list[Item]:
+    return load_items()
+
+
+@pytest.fixture(scope="module")
+def tiny_tokenizer(tiny):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny.tokenizer)
+
+
+def test_the_dataset_has_300_items_and_a_held_out_split(items: list[Item]) -> None:
+    assert len(items) >= 300
+    assert len({item.id for item in items}) == len(items)
+    assert sum(item.split == "heldout" for item in items) >= 30
+    assert {item.split for item in items} == {"train", "heldout"}
+
+
+def test_about_a_quarter_of_the_training_items_are_rendered_with_think_off(items: list[Item]) -> None:
+    train = [item for item in items if item.split == "train"]
+    share = sum(not thinks(item) for item in train) / len(train)
+    assert 0.18 <= share <= 0.32, share
+
+
+def test_the_training_text_is_the_presets_prompt_followed_by_the_answer(items: list[Item]) -> None:
+    cot = preset()
+    for item in items:
+        turns = [Turn("user", item.question)]
+        think_on = cot.build_prompt(turns, think=True)
+        think_off = cot.build_prompt(turns, think=False)
+        assert prompt_text(item.question, True) + target_text(item, True) == (
+            think_on + f"<think>{item.reasoning}</think>\n{item.answer}<end_of_turn>")
+        assert prompt_text(item.question, False) + target_text(item, False) == (
+            think_off + f"\n{item.answer}<end_of_turn>")
+        # The preset's own format: one BOS, system text (+ think instruction only with Think on), the markers.
+        assert think_on.startswith(f"<bos><start_of_turn>user\n{cot.system}\n{cot.think_instruction}\n\n### Question:\n")
+        assert think_on.endswith(f"{item.question}\n\n### Response:\n<end_of_turn>\n<start_of_turn>model\n")
+        assert cot.think_instruction not in think_off
+        assert think_off.endswith("<start_of_turn>model\n<think></think>")
+
+
+def test_the_label_mask_covers_exactly_the_answer_tokens(items: list[Item], tiny_tokenizer) -> None:
+    bos, end_of_turn = tiny_tokenizer.convert_tokens_to_ids(["<bos>", "<end_of_turn>"])
+    for item in items[:60]:
+        for think in (True, False):
+            example = encode(tiny_tokenizer, item, think)
+            assert example.ids[0] == bos and example.ids.count(bos) == 1
+            assert example.ids[-1] == end_of_turn and example.ids.count(end_of_turn) == 2  # the user turn's, the answer's
+            assert tiny_tokenizer.decode(example.answer_ids) == target_text(item, think)
+            assert tiny_tokenizer.decode(example.ids[: example.n_prompt]) == prompt_text(item.question, think)
+
+
+def test_only_training_items_become_examples_with_their_think_choice(items: list[Item], tiny_tokenizer) -> None:
+    examples = training_examples(tiny_tokenizer, items[:80])
+    train = [item for item in items[:80] if item.split == "train"]
+    assert [e.item_id for e in examples] == [item.id for item in train]
+    assert [e.think for e in examples] == [thinks(item) for item in train]
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("{not json", "not valid JSON"),
+        (json.dumps({"id": "x", "topic": "t", "question": "q", "reasoning": "r", "split": "train"}), "answer"),
+        (json.dumps({"id": "x", "topic": "t", "question": "q", "reasoning": "r", "answer": "a", "split": "test"}),
+         "split must be"),
+        (json.dumps({"id": "x", "topic": "t", "question": "q", "reasoning": "r </think> r", "answer": "a",
+                     "split": "train"}), "</think>"),
+    ],
+)
+def test_a_bad_item_is_refused_naming_the_file_and_line(tmp_path: Path, line: str, message: str) -> None:
+    good = json.dumps({"id": "a", "topic": "t", "question": "q", "reasoning": "r", "answer": "a", "split": "train"})
+    (tmp_path / "part.jsonl").write_text(good + "\n" + line + "\n", encoding="utf-8")
+    with pytest.raises(DemoDataError, match=rf"part\.jsonl line 2: .*{message}"):
+        load_items(tmp_path)
+
+
+def test_a_duplicate_id_is_refused(tmp_path: Path) -> None:
+    line = json.dumps({"id": "a", "topic": "t", "question": "q", "reasoning": "r", "answer": "a", "split": "train"})
+    (tmp_path / "part_a.jsonl").write_text(line + "\n", encoding="utf-8")
+    (tmp_path / "part_b.jsonl").write_text(line + "\n", encoding="utf-8")
+    with pytest.raises(DemoDataError, match="part_b.jsonl line 1: duplicate id 'a'"):
+        load_items(tmp_path)
