@@ -1,8 +1,10 @@
 """`make screenshot`: render the main window mid-conversation to docs/screenshot.png.
 
-Run under a virtual display (`xvfb-run -a -s "-screen 0 1920x1080x24" .venv/bin/python packaging/screenshot.py`).
+Run from the project folder under a virtual display (`make screenshot`, or
+`PYTHONPATH=. xvfb-run -a -s "-screen 0 1920x1080x24" .venv/bin/python packaging/screenshot.py`:
+the scripted engine is imported from the `tests.support` package).
 The model facts, offload status and settings are the real embedded Gemma-3-270M's; the words of the
-conversation come from a scripted engine (tests/desktop/scripted_engine.py), because a 270M
+conversation come from a scripted engine (tests/support/scripted_engine.py), because a 270M
 model's own answers would not show what the window does with reasoning and Markdown.
 """
 
@@ -14,22 +16,22 @@ import tempfile
 from functools import partial
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-from medgemma_models.offline import go_offline  # noqa: E402
+from medgemma_models.offline import go_offline
 
 go_offline()
 os.environ.setdefault("MEDGEMMA_HOME", tempfile.mkdtemp(prefix="medgemma-screenshot-"))
-sys.path.insert(0, str(ROOT / "tests" / "desktop"))
 
 from PySide6.QtCore import QEventLoop, QTimer  # noqa: E402
 from PySide6.QtWidgets import QApplication  # noqa: E402
-from scripted_engine import ScriptedEngine  # noqa: E402
 
 from medgemma_desktop.history import History  # noqa: E402
 from medgemma_desktop.library import model_key  # noqa: E402
 from medgemma_desktop.ui.convert_dialog import ConvertDialog  # noqa: E402
 from medgemma_desktop.ui.dialogs import ErrorDialog, NoticeDialog, problem_box  # noqa: E402
 from medgemma_desktop.ui.main_window import NOTICE_SETTING, MainWindow  # noqa: E402
+from tests.support.scripted_engine import ScriptedEngine  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
 
 OUT = ROOT / "docs" / "screenshot.png"
 DIALOGS = ROOT / "docs" / "dialogs"  # looked at by hand: every dialog must follow the app's theme

@@ -14,6 +14,9 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 go_offline()
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+# The real 270M's HF-format base and a LoRA on it, for every test folder; each is built once a session.
+from tests.support.real_fixtures import hf_base_270m, lora_270m  # noqa: E402,F401
+
 
 @pytest.fixture(scope="session")
 def gemma_270m(tmp_path_factory: pytest.TempPathFactory) -> Path:

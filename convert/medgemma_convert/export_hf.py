@@ -108,6 +108,8 @@ def export_hf(model: Path, out: Path, dtype: str = "float32", force: bool = Fals
     if dtype not in DTYPES:
         raise ConversionError(f"unknown dtype {dtype}; choose one of {', '.join(DTYPES)}")
     reader = _open(model)
+    if _field(reader, gguf.Keys.General.TYPE) == "adapter":
+        raise ConversionError(f"{model.name} is a LoRA adapter, not a model: export its base instead")
     arch = str(_field(reader, gguf.Keys.General.ARCHITECTURE))
     if arch not in _HF_CLASSES:
         raise ConversionError(f"{model.name} is a {arch} model; only Gemma-2 and Gemma-3 text models can be exported")
@@ -123,8 +125,8 @@ def export_hf(model: Path, out: Path, dtype: str = "float32", force: bool = Fals
     config = hf_config(reader, arch, len(vocab.tokens), vocab.ids)
     partial = out.with_name(out.name + PARTIAL_SUFFIX)
     shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir()
     try:
+        partial.mkdir()
         names = _hf_names(config, arch)
         n_tensors = write_safetensors(reader, names, partial / "model.safetensors", dtype, progress)
         config["torch_dtype"] = dtype
@@ -133,6 +135,9 @@ def export_hf(model: Path, out: Path, dtype: str = "float32", force: bool = Fals
         if out.exists():
             shutil.rmtree(out)  # only reached with force: _check_output refused it otherwise
         partial.rename(out)
+    except OSError as exc:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise OutputError(f"could not write {out}: {exc.strerror or exc}") from exc
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise

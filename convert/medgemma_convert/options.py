@@ -107,7 +107,7 @@ def check_type_name(name: str, flag: str) -> str:
 
 
 def parse_tensor_type(text: str) -> tuple[str, str]:
-    """'blk\\.0\\..*=q8_0' -> (regex, type); the last '=' starts the type."""
+    """'ffn_down=q8_0' -> ('ffn_down', 'q8_0'): a regex on GGUF tensor names, then a type after the last '='."""
     pattern, sep, name = text.rpartition("=")
     if not sep or not pattern:
         raise ConversionError(f"--tensor-type {text!r}: expected REGEX=TYPE, e.g. 'ffn_down=q8_0'")

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from medgemma_models.offline import go_offline
+
+if TYPE_CHECKING:
+    from .history import History
 
 
 def run_app(model: Path | None = None, argv: list[str] | None = None) -> int:
@@ -15,20 +20,15 @@ def run_app(model: Path | None = None, argv: list[str] | None = None) -> int:
 
     from PySide6.QtWidgets import QApplication
 
-    from medgemma_models.errors import MedGemmaError
-
     from .engine import Engine
-    from .history import History
     from .ui.excepthook import ExceptionReporter
     from .ui.main_window import MainWindow
 
     app = QApplication.instance() or QApplication(argv if argv is not None else sys.argv)
     app.setApplicationName("MedGemma Edge")
     app.setStyle("Fusion")
-    try:
-        history = History()
-    except MedGemmaError as exc:
-        print(f"medgemma-desktop: {exc}", file=sys.stderr)
+    history = open_history()
+    if history is None:
         return 1
     window = MainWindow(history, Engine)
     reporter = ExceptionReporter(window)
@@ -46,3 +46,52 @@ def run_app(model: Path | None = None, argv: list[str] | None = None) -> int:
         reporter.uninstall()
         window.shutdown()
         history.close()
+
+
+def ask_yes_no(title: str, question: str) -> bool:
+    """A modal question before the window exists (tests replace it, or answer the box)."""
+    from PySide6.QtCore import Qt
+    from PySide6.QtWidgets import QMessageBox
+
+    box = QMessageBox(QMessageBox.Icon.Warning, title, question,
+                      QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No)
+    box.setTextFormat(Qt.TextFormat.PlainText)  # the message quotes a path
+    box.setObjectName("startupQuestion")
+    return box.exec() == QMessageBox.StandardButton.Yes
+
+
+def tell(title: str, message: str) -> None:
+    """A problem that stops the start, shown where a desktop launcher's user sees it, and on stderr."""
+    from PySide6.QtCore import Qt
+    from PySide6.QtWidgets import QMessageBox
+
+    print(f"medgemma-desktop: {message}", file=sys.stderr)
+    box = QMessageBox(QMessageBox.Icon.Critical, title, message, QMessageBox.StandardButton.Ok)
+    box.setTextFormat(Qt.TextFormat.PlainText)
+    box.setObjectName("startupProblem")
+    box.exec()
+
+
+def open_history(ask: Callable[[str, str], bool] = ask_yes_no,
+                 tell: Callable[[str, str], None] = tell) -> History | None:
+    """The chat history; a damaged file is moved aside for a fresh one if the user agrees (None: no history)."""
+    from medgemma_models.errors import MedGemmaError
+
+    from .history import History, HistoryCorruptError, move_aside
+
+    try:
+        return History()
+    except HistoryCorruptError as exc:
+        question = (f"{exc}.\n\nMove it aside (it is kept as history.corrupt-<time>.sqlite3) "
+                    "and start with an empty chat history?")
+        if not ask("The chat history is damaged", question):
+            return None
+        try:
+            move_aside(exc.path)
+            return History()
+        except MedGemmaError as again:
+            tell("Cannot open the chat history", str(again))
+            return None
+    except MedGemmaError as exc:
+        tell("Cannot open the chat history", str(exc))
+        return None

@@ -23,7 +23,7 @@ from .conversation import PromptPlan
 from .engine import Engine, GenerationStats
 from .generation import AdapterUse, DirectBackend, EngineLike, LoadRequest, open_model
 from .history import History
-from .library import ModelLibrary, base_candidates, find_base, is_embedded_file
+from .library import ModelLibrary, adapter_records, base_candidates, find_base, is_embedded_file
 from .session import ChatSession, SessionListener
 from .settings import ChatSettings, LoadSettings
 
@@ -138,7 +138,8 @@ class Asker:
             self.session = ChatSession(self.history, backend)
             self.recorder = _PlanRecorder(self.session)
             backend.attach(self.recorder)
-            self.session.use_model(loaded.info, loaded.sha256)
+            self.session.use_model(loaded.info, loaded.sha256, current.title or None,
+                                   adapter_records(loaded, current.adapters))
         except BaseException:
             self.close()
             raise

@@ -44,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="medgemma-desktop",
         description="Offline chat with medical Gemma GGUF models. Not for clinical use.",
     )
-    parser.add_argument("--model", type=Path, help="GGUF file to open (default: the embedded Gemma-3-270M)")
+    parser.add_argument("--model", type=Path, help="GGUF file to open (default: \"Gemma-3-270M + demo reasoning adapter\" when this build "
+                        "ships it, else the embedded Gemma-3-270M; the window reopens the model used last)")
     parser.add_argument("--self-test", action="store_true", help="load the model and generate, with no window")
     parser.add_argument("--ask", metavar="QUESTION",
                         help="answer one question the way the window would, print it and exit (no display needed)")
@@ -118,6 +119,9 @@ def ask(args: argparse.Namespace) -> int:
     from .generation import AdapterUse
     from .settings import GPU_LAYERS, LIMITS, LoadSettings
 
+    if not args.ask.strip():
+        print("medgemma-desktop: --ask needs a question", file=sys.stderr)
+        return 2
     overrides = {}
     for name in ("max_tokens", "temperature"):
         value = getattr(args, name)

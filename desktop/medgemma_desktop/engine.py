@@ -130,6 +130,7 @@ class Engine:
         n_layers = info.block_count or 0
         layers = choose_gpu_layers(options.gpu, supports, n_layers)
         fallback = None
+        errors_before = llama_log.errors_seen
         try:
             llm = self._open(info.path, options, layers, progress)
         except LoadCancelled:
@@ -137,7 +138,7 @@ class Engine:
         except (ValueError, RuntimeError, OSError) as exc:
             if layers == 0:
                 raise ModelLoadError(f"llama.cpp could not load {info.path.name}: {llama_log.last_error() or exc}") from exc
-            fallback = llama_log.last_error() or str(exc)
+            fallback = llama_log.first_error_since(errors_before) or str(exc)
             log.warning("GPU load failed (%s); retrying on the CPU", fallback)
             try:
                 llm = self._open(info.path, options, 0, progress)

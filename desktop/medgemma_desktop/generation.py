@@ -78,6 +78,7 @@ class Loaded:
     report: OffloadReport
     sha256: str  # of the model file, for chats and exports
     adapters: tuple[AdapterFile, ...] = ()  # attached on top of `path`, in the request's order
+    adapter_sha256: tuple[str, ...] = ()  # of each adapter file
 
 
 class LoadFailed(MedGemmaError):
@@ -149,7 +150,8 @@ def open_model(factory: Callable[[], EngineLike], request: LoadRequest,
     assert engine.info is not None
     # Hashed here, off the UI thread: exports name the exact file that wrote the answers.
     return engine, Loaded(path=Path(path), info=engine.info, n_ctx=engine.n_ctx, report=report,
-                          sha256=sha256_file(path), adapters=adapters)
+                          sha256=sha256_file(path), adapters=adapters,
+                          adapter_sha256=tuple(sha256_file(a.path) for a in adapters))
 
 
 def check_adapters(adapters: Sequence[AdapterUse], base: Path) -> tuple[AdapterFile, ...]:

@@ -17,7 +17,7 @@ from typing import Any
 
 from medgemma_models.catalog import DEFAULT_PRESET, preset_for_provenance
 from medgemma_models.errors import MedGemmaError
-from medgemma_models.gguf_info import ModelInfo, human_count
+from medgemma_models.gguf_info import ModelInfo, human_count, read_model_info
 from medgemma_models.store import DEFAULT_MODEL_NAME, bundled_model, default_model, demo_adapter, list_models, models_dir
 
 from .adapters import AdapterFile, check_fits
@@ -117,14 +117,37 @@ def base_candidates(named: str | None = None, extra: Sequence[Path] = ()) -> lis
 
 
 def find_base(adapter: AdapterFile, candidates: Sequence[Path]) -> Path | None:
-    """The first candidate the adapter fits (same architecture, every tensor shape), or None."""
+    """A candidate the adapter fits (same architecture, every tensor shape), or None.
+
+    Several may fit (a base and its instruction-tuned sibling have the same shapes): the first that
+    names the adapter's base (medgemma.base) in its own provenance or its file name wins, else the first.
+    """
+    fitting = []
     for path in candidates:
         try:
             check_fits(adapter, path)
         except MedGemmaError:
             continue
-        return path
-    return None
+        fitting.append(path)
+    named = [path for path in fitting if adapter.base and _names_base(path, adapter.base)]
+    return (named or fitting or [None])[0]
+
+
+def _names_base(path: Path, base: str) -> bool:
+    """Whether a model file says it is `base` (a hub id or a folder): by its provenance, else its file name."""
+    wanted = base.rstrip("/\\").lower()
+    try:
+        said = (read_model_info(path).typed_provenance().base or "").rstrip("/\\").lower()
+    except MedGemmaError:
+        return False
+    name = wanted.replace("\\", "/").rsplit("/", 1)[-1]
+    stem = path.stem.lower()
+    return said == wanted or stem == name or stem.startswith(name + "-") and not _sibling(stem, name)
+
+
+def _sibling(stem: str, name: str) -> bool:
+    """`gemma-3-270m-it-…` is not `gemma-3-270m`: an -it/-pt suffix names another model."""
+    return stem[len(name) + 1:].split("-", 1)[0] in ("it", "pt")
 
 
 def describe(info: ModelInfo) -> str:
@@ -155,12 +178,11 @@ class ModelLibrary:
 
         Files whose header has not been read yet show their name; `to_inspect()` says which.
         """
-        default = models_dir() / DEFAULT_MODEL_NAME
         paths: list[Path] = [p for p in list_models() if p.name != DEFAULT_MODEL_NAME]
         recent = [Path(p) for p in self._recent() if Path(p).is_file()]
         paths += [p for p in recent if p.parent.resolve() != models_dir().resolve() and p not in paths]
         in_use = self.current.path if self.current is not None else None
-        if in_use is not None and in_use not in paths and in_use != default:
+        if in_use is not None and in_use not in paths and not is_embedded_file(in_use):
             paths.append(in_use)
         entries = [ModelEntry(None, EMBEDDED_TITLE, "The embedded default model")]
         demo = self.demo_entry()
@@ -339,7 +361,7 @@ class ModelLibrary:
         self.pending = None
         if pending.fresh:
             chat = ChatSettings.defaults_for(preset_for_loaded(loaded))
-        embedded = pending.path is None or loaded.path == models_dir() / DEFAULT_MODEL_NAME
+        embedded = pending.path is None or is_embedded_file(loaded.path)  # the store's copy or the bundle's
         title = ""
         if pending.adapters:
             names = [(a.name, use.scale) for a, use in zip(loaded.adapters, pending.adapters)]
@@ -362,11 +384,21 @@ class ModelLibrary:
             self._remember_combination(pending.path, pending.adapters)
         return chat
 
+    def undo_load(self, previous: LoadedModel | None) -> None:
+        """Taking a loaded model failed half-way: `previous` is the model in use again (then `abort_load`)."""
+        self.current = previous
+
     def abort_load(self) -> tuple[ChatSettings, LoadSettings] | None:
         """The pending load failed or was cancelled: the model in use stays; its settings to show again."""
         self.pending = None
         self.settings_key = self.current.key if self.current is not None else None
         return self.saved_settings(self.settings_key) if self.settings_key is not None else None
+
+
+def adapter_records(loaded: Loaded, uses: Sequence[AdapterUse]) -> list[dict[str, Any]]:
+    """The adapters a chat's answers came from, for its model record and exports."""
+    return [{"name": a.name, "file": str(a.path), "scale": use.scale, "sha256": digest}
+            for a, use, digest in zip(loaded.adapters, uses, loaded.adapter_sha256)]
 
 
 def preset_for_loaded(loaded: Loaded) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -23,12 +23,13 @@ from medgemma_models.reasoning import ReasoningSplitter, Segment
 from .conversation import PromptPlan
 from .engine import GenerationStats
 from .generation import GenerationRequest
-from .history import History, Message, StreamingMessageWriter, model_record
+from .history import History, HistoryWriteError, Message, StreamingMessageWriter, model_record
 from .settings import ChatSettings, LoadSettings, stored_settings
 
 log = logging.getLogger(__name__)
 
 SAVE_INTERVAL_S = 1.0
+UNSAVED_TITLE = "Could not save the chat"
 TITLE_LENGTH = 48
 
 
@@ -135,11 +136,15 @@ class ChatSession:
         self.editing_id: int | None = None
         self.model: ModelInfo | None = None
         self.model_sha256: str | None = None
+        self.model_title: str | None = None
+        self.model_adapters: list[dict[str, Any]] = []
         self.settings = ChatSettings.from_dict({})
         self.load_settings = LoadSettings()
         self.last_stats: GenerationStats | None = None
         self.view_tok_per_s = 0.0  # decode speed as the session received the pieces
         self.seed: int | None = None  # the sampler's seed for every answer (None: a new one each time)
+        # Ended answers whose last save failed (full disk, locked file): kept in memory, retried by flush().
+        self.unsaved: list[StreamingMessageWriter] = []
 
     # -- state ----------------------------------------------------------------------------------
 
@@ -147,8 +152,11 @@ class ChatSession:
     def busy(self) -> bool:
         return self.answer is not None
 
-    def use_model(self, info: ModelInfo, sha256: str) -> None:
+    def use_model(self, info: ModelInfo, sha256: str, title: str | None = None,
+                  adapters: Sequence[dict[str, Any]] = ()) -> None:
+        """The model answers come from; `title` and `adapters` (their records) for a base with adapters."""
         self.model, self.model_sha256 = info, sha256
+        self.model_title, self.model_adapters = title, list(adapters)
 
     def use_settings(self, chat: ChatSettings, load: LoadSettings) -> None:
         self.settings, self.load_settings = chat, load
@@ -161,7 +169,7 @@ class ChatSession:
             return "You"
         model = message.meta.get("model")
         name = model.get("name") if isinstance(model, dict) else None
-        return str(name or (self.model.name if self.model else "Model"))
+        return str(name or (self._model_record()["name"] if self.model else "Model"))
 
     # -- chats ----------------------------------------------------------------------------------
 
@@ -256,7 +264,7 @@ class ChatSession:
         message_id = self.history.add_message(self.chat_id, "model", "", complete=False)
         writer = StreamingMessageWriter(self.history, message_id, interval=self.save_interval, clock=self.clock)
         self.answer = Answer(chat_id=self.chat_id, message_id=message_id, writer=writer)
-        self.listener.answer_started(message_id, self.model.name)
+        self.listener.answer_started(message_id, self._model_record()["name"])
         self.listener.busy_changed(True)
         settings = self.settings
         # A direct backend answers before this returns: nothing may follow this call.
@@ -297,14 +305,35 @@ class ChatSession:
         tokens = 1 if reasoning and count_tokens else 0
         answer.reasoning_tokens += tokens
         if not answer.discarded:
-            answer.writer.append(answer=text, reasoning=reasoning)
+            self._saving(answer.writer.append, answer=text, reasoning=reasoning)
         if answer.shown and (text or reasoning):
             self.listener.answer_grew(text, reasoning, tokens)
 
     def flush(self) -> None:
-        """Save what has arrived (the writer saves on arriving pieces; this covers a model gone quiet)."""
+        """Save what has arrived (the writer saves on arriving pieces; this covers a model gone quiet),
+        and try again the answers whose last save failed."""
         if self.answer is not None and not self.answer.discarded:
-            self.answer.writer.flush()
+            self._saving(self.answer.writer.flush)
+        for writer in list(self.unsaved):
+            self._saving(writer.flush)
+            if not writer.pending:
+                self.unsaved.remove(writer)
+
+    @property
+    def saving(self) -> bool:
+        """Text is waiting to be saved because a save failed (the window says "saving…" and retries)."""
+        current = self.answer.writer if self.answer is not None and not self.answer.discarded else None
+        return bool(self.unsaved) or (current is not None and current.error is not None)
+
+    def _saving(self, save: Callable[..., None], **text: str) -> None:
+        """Run a writer's save; its first failure of a run is told once, the text stays in the writer."""
+        try:
+            save(**text)
+        except HistoryWriteError as exc:
+            self._tell_unsaved(exc)
+
+    def _tell_unsaved(self, exc: HistoryWriteError) -> None:
+        self.listener.problem(UNSAVED_TITLE, f"{exc}. The text is kept and saved again shortly.")
 
     def on_finished(self, stats: GenerationStats) -> None:
         answer = self.answer
@@ -330,8 +359,12 @@ class ChatSession:
         if not answer.discarded:
             try:
                 answer.writer.finish(meta, complete=complete)
+            except HistoryWriteError as exc:
+                self._tell_unsaved(exc)
             except MedGemmaError as exc:  # the chat was deleted in another window meanwhile
                 log.warning("could not save the answer: %s", exc)
+            if answer.writer.pending:
+                self.unsaved.append(answer.writer)
         if answer.shown:
             self.listener.answer_ended(answer.message_id, meta_text(meta, complete, "model"))
         self.listener.busy_changed(False)
@@ -352,4 +385,7 @@ class ChatSession:
 
     def _model_record(self) -> dict[str, Any]:
         assert self.model is not None
-        return model_record(self.model, self.model_sha256)
+        record = model_record(self.model, self.model_sha256)
+        if self.model_adapters:
+            record.update(name=self.model_title or record["name"], adapters=self.model_adapters)
+        return record

@@ -15,6 +15,7 @@ from .errors import ModelFileError
 from .gguf_compat import HeaderReader
 
 SUPPORTED_ARCHITECTURES = ("gemma3", "gemma2", "gemma")
+MAX_NAME_CHARS = 200  # a longer general.name is not a name: the file's stem is shown instead
 
 
 @dataclass(frozen=True)
@@ -128,7 +129,7 @@ def _info_from_reader(path: Path, size: int, reader: gguf.GGUFReader) -> ModelIn
         path=path,
         file_size=size,
         architecture=arch,
-        name=value(gguf.Keys.General.NAME) or path.stem,
+        name=_name(value(gguf.Keys.General.NAME), path),
         size_label=value(gguf.Keys.General.SIZE_LABEL),
         parameter_count=n_params,
         file_type=_file_type_name(value(gguf.Keys.General.FILE_TYPE), types),
@@ -150,6 +151,12 @@ def _file_type_name(code: Any, types: dict[str, int]) -> str:
         return gguf.LlamaFileType(int(code)).name.removeprefix("MOSTLY_").removeprefix("ALL_")
     # No general.file_type key: name the most common tensor type instead.
     return max(types, key=types.__getitem__)
+
+
+def _name(value: Any, path: Path) -> str:
+    """`general.name` when it is a usable one-line name, else the file's stem (a file can carry anything there)."""
+    text = " ".join(value.split()) if isinstance(value, str) else ""
+    return text if 0 < len(text) <= MAX_NAME_CHARS else path.stem
 
 
 def _int(v: Any) -> int | None:

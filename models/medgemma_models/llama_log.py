@@ -29,6 +29,7 @@ class LlamaLog:
         self._latest: deque[str] = deque(maxlen=keep)
         self._keep = keep
         self._callback: object = None  # the C callback must stay alive while installed (and after)
+        self.errors_seen = 0  # error lines so far: read it before a call to find that call's own lines
 
     def _on_log(self, level: int, text: bytes, _user_data: ctypes.c_void_p) -> None:
         line = text.decode("utf-8", errors="replace")
@@ -39,6 +40,7 @@ class LlamaLog:
                 thread = threading.get_ident()
                 self._errors.setdefault(thread, deque(maxlen=self._keep)).append(line.strip())
                 self._latest.append(line.strip())
+                self.errors_seen += 1
                 log.debug("llama.cpp: %s", line.strip())
         except Exception:  # an exception must not cross into C
             log.exception("llama.cpp log callback failed")
@@ -47,6 +49,11 @@ class LlamaLog:
         """The latest error line (of `thread`, when given), or None."""
         lines = self._latest if thread is None else self._errors.get(thread)
         return lines[-1] if lines else None
+
+    def first_error_since(self, seen: int) -> str | None:
+        """The first error line logged since `errors_seen` was `seen`: the cause (later lines say "failed")."""
+        new = min(self.errors_seen - seen, len(self._latest))
+        return self._latest[-new] if new > 0 else None
 
     def install(self) -> LlamaLog:
         """Take over llama.cpp's log for good (the app's engine)."""

@@ -8,6 +8,7 @@ these keys, so reading checks every type and keeps only what is well-formed.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +22,7 @@ KEY_CONVERTER = "medgemma.converter"
 # (source, datasets, sha256, tokens, chunks) and its verification figures (VerifyFigures).
 KEY_IMATRIX = "medgemma.imatrix"
 KEY_VERIFICATION = "medgemma.verification"
+MAX_TEXT_CHARS = 4096
 KEYS = (KEY_BASE, KEY_ADAPTERS, KEY_PRESET, KEY_CONVERTER, KEY_IMATRIX, KEY_VERIFICATION)
 
 
@@ -41,14 +43,13 @@ class AdapterRecord:
     @classmethod
     def from_dict(cls, data: Any) -> AdapterRecord | None:
         """The record in `data`, or None when `data` is not an object with a string id."""
-        if not isinstance(data, Mapping) or not isinstance(data.get("id"), str) or not data["id"]:
+        if not isinstance(data, Mapping) or _text(data.get("id")) is None:
             return None
-        scale = data.get("scale", 1.0)
         return cls(
             id=data["id"],
-            sha256=data.get("sha256") if isinstance(data.get("sha256"), str) else None,
-            scale=float(scale) if isinstance(scale, (int, float)) and not isinstance(scale, bool) else 1.0,
-            base=data.get("base") if isinstance(data.get("base"), str) else None,
+            sha256=_text(data.get("sha256")),
+            scale=_scale(data.get("scale", 1.0)),
+            base=_text(data.get("base")),
         )
 
 
@@ -88,9 +89,21 @@ def decode_json(value: str) -> Any:
     """The JSON value of a string key, or the string itself when it is not JSON."""
     try:
         return json.loads(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RecursionError):  # RecursionError: deeply nested brackets
         return value
 
 
+def _scale(value: Any) -> float:
+    """A finite number, else 1 (JSON allows 1e999 and integers too big for a float)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return 1.0
+    try:
+        scale = float(value)
+    except OverflowError:
+        return 1.0
+    return scale if math.isfinite(scale) else 1.0
+
+
 def _text(value: Any) -> str | None:
-    return value if isinstance(value, str) and value else None
+    # Ids, paths and names only: a longer value is malformed (a path that long fails every file call).
+    return value if isinstance(value, str) and 0 < len(value) <= MAX_TEXT_CHARS and "\0" not in value else None

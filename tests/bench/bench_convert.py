@@ -1,6 +1,6 @@
 """Cost of `medgemma-convert` against the usual merge-then-convert path, on the same base and LoRA.
 
-    .venv/bin/python tests/bench/bench_convert.py [--work DIR] [--skip-1b]
+    .venv/bin/python -m tests.bench.bench_convert [--work DIR] [--skip-1b]
 
 (a) `medgemma-convert --base B --adapter L --quant f16,q8_0,q4_k_m` (one process, one pass);
 (b) PEFT `merge_and_unload()` + `save_pretrained`, then llama.cpp's converter (the registry package
@@ -25,10 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tests" / "convert"))
 
-from hf_base import GEMMA3_1B, TOKENIZER_FILES, build_hf_base, random_gemma3  # noqa: E402
-from tiny import ALL_PROJECTIONS, make_adapter  # noqa: E402
+from tests.support.hf_base import GEMMA3_1B, TOKENIZER_FILES, build_hf_base, random_gemma3  # noqa: E402
+from tests.support.tiny import ALL_PROJECTIONS, make_adapter  # noqa: E402
 
 from medgemma_models.offline import go_offline  # noqa: E402
 

@@ -1,6 +1,6 @@
 """Decode speed of the engine's streaming path against a bare llama.cpp loop, same file, same process.
 
-    .venv/bin/python tests/bench/bench_engine.py [--model PATH] [--tokens 128] [--rounds 3]
+    .venv/bin/python -m tests.bench.bench_engine [--model PATH] [--tokens 128] [--rounds 3]
 
 Target: engine / bare >= 0.95.
 """

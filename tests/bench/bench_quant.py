@@ -1,7 +1,7 @@
 """The speed preset and the medical importance matrix, measured against `q4_k_m` in one run.
 
-    .venv/bin/python tests/bench/bench_quant.py [--work DIR] [--tokens 48] [--rounds 3] [--kld-tokens 320]
-    .venv/bin/python tests/bench/bench_quant.py --sweep [--table FILE.md]   # the Pareto table the preset came from
+    .venv/bin/python -m tests.bench.bench_quant [--work DIR] [--tokens 48] [--rounds 3] [--kld-tokens 320]
+    .venv/bin/python -m tests.bench.bench_quant --sweep [--table FILE.md]   # the Pareto table the preset came from
 
 On the embedded Gemma-3-270M (as an HF folder) with a random LoRA r=8 on all projections merged:
 `medgemma-convert --quant f16,q4_k_m,q4_speed` once with `--imatrix auto` and once without.
@@ -18,16 +18,14 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tests" / "convert"))
 
-from hf_base import build_hf_base  # noqa: E402
-from tiny import ALL_PROJECTIONS, make_adapter  # noqa: E402
+from tests.support.hf_base import build_hf_base  # noqa: E402
+from tests.support.tiny import ALL_PROJECTIONS, make_adapter  # noqa: E402
 
 from medgemma_models.offline import go_offline  # noqa: E402
 

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).parent
+ROOT = HERE.parents[1]
 
 
 def main() -> int:
@@ -18,7 +19,8 @@ def main() -> int:
     for script in sorted(HERE.glob("bench_*.py")):
         print(f"== {script.name}", flush=True)
         start = time.perf_counter()
-        result = subprocess.run([sys.executable, str(script), *sys.argv[1:]])
+        # As a module of the tests package, from the project folder: `tests.support` imports by name.
+        result = subprocess.run([sys.executable, "-m", f"tests.bench.{script.stem}", *sys.argv[1:]], cwd=ROOT)
         print(f"   ({time.perf_counter() - start:.0f} s)", flush=True)
         if result.returncode != 0:
             failed.append(script.name)

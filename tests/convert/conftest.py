@@ -6,8 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from real_fixtures import hf_base_270m, lora_270m  # noqa: F401  (session fixtures of the real 270M, shared by every module)
-from tiny import ALL_PROJECTIONS, gemma2_config, gemma3_config, make_adapter, make_model, train_tokenizer
+from tests.support.tiny import ALL_PROJECTIONS, gemma2_config, gemma3_config, make_adapter, make_model, train_tokenizer
 
 # name -> (targets, make_adapter keyword arguments); every adapter exists for both architectures.
 ADAPTERS = {

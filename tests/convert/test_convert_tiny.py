@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tiny import kld, llama_logits, reference_logits
+from tests.support.tiny import kld, llama_logits, reference_logits
 
 from medgemma_convert.options import ConversionOptions
 from medgemma_convert.pipeline import convert

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.numpy import load_file
-from tiny import TEST_TEXT, kld, llama_logits
+from tests.support.tiny import TEST_TEXT, kld, llama_logits
 
 from medgemma_convert.export_hf import export_hf
 from medgemma_convert.options import ConversionOptions
@@ -147,8 +147,16 @@ def test_refusals(tiny, tmp_path: Path) -> None:
         export_hf(not_gguf, tmp_path / "a")
     with pytest.raises(ConversionError, match="no such GGUF"):
         export_hf(tmp_path / "missing.gguf", tmp_path / "b")
+    model = gguf_of(tiny.base("gemma3"), tmp_path / "model.gguf")
     with pytest.raises(OutputError, match="does not exist"):
-        export_hf(gguf_of(tiny.base("gemma3"), tmp_path / "model.gguf"), tmp_path / "no" / "such" / "folder")
+        export_hf(model, tmp_path / "no" / "such" / "folder")
+    from medgemma_convert.lora_gguf import LoraOptions, export_lora, plan_lora
+
+    adapter = tmp_path / "adapter.gguf"
+    export_lora(plan_lora(LoraOptions.create(base=str(model), adapters=[str(tiny.adapter("gemma3", "qv"))], out=adapter)))
+    with pytest.raises(ConversionError, match="is a LoRA adapter, not a model"):
+        export_hf(adapter, tmp_path / "c")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter.gguf", "model.gguf", "notes.gguf"]
 
 
 def test_command_line(tiny, tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import gguf
 import numpy as np
 import pytest
-from tiny import CHAT_TEMPLATE, TEST_TEXT, kld, llama_logits
+from tests.support.tiny import CHAT_TEMPLATE, TEST_TEXT, kld, llama_logits
 
 from medgemma_convert.options import ConversionOptions
 from medgemma_convert.pipeline import convert

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from gguf import GGMLQuantizationType, GGUFReader
 from safetensors.numpy import load_file
-from tiny import kld, reference_logits
+from tests.support.tiny import kld, reference_logits
 
 from medgemma_convert.lora_gguf import LoraOptions, export_lora, plan_lora
 from medgemma_convert.options import ConversionOptions

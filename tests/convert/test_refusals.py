@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tiny import gemma3_config, make_adapter, make_model
+from tests.support.tiny import gemma3_config, make_adapter, make_model
 
 from medgemma_convert.options import ConversionOptions
 from medgemma_convert.pipeline import convert

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import gguf
 import numpy as np
-from tiny import TEST_TEXT, kld, llama_logits, reference_logits, write_json
+from tests.support.tiny import TEST_TEXT, kld, llama_logits, reference_logits, write_json
 
 from medgemma_convert.options import ConversionOptions
 from medgemma_convert.pipeline import convert

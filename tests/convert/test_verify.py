@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
-from tiny import ALL_PROJECTIONS, make_adapter
+from tests.support.tiny import ALL_PROJECTIONS, make_adapter
 
 from medgemma_convert.verify import (
+    QUICK_TOKENS,
     VerifyFigures,
     compare_rows,
     default_eval_text,
@@ -22,6 +23,7 @@ from medgemma_convert.verify import (
     verify_outputs,
 )
 from medgemma_models.errors import ConversionError
+from medgemma_models.files import sha256_file
 
 
 def _weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -132,7 +134,7 @@ def test_quantized_file_is_close_to_its_dequantized_weights(gemma_270m: Path, em
     assert figures.top1 > 0.9
     assert math.isfinite(figures.ppl_reference) and 1 < figures.ppl_reference < 100
     assert figures.ppl_gguf == pytest.approx(figures.ppl_reference, rel=0.05)
-    assert set(figures.to_dict()) == {"tokens", "mean_kld", "p99_kld", "top1", "ppl_reference", "ppl_gguf"}
+    assert set(figures.to_dict()) == {"tokens", "mean_kld", "p99_kld", "top1", "ppl_reference", "ppl_gguf", "mode"}
 
 
 @pytest.mark.slow
@@ -158,3 +160,31 @@ def test_adapter_in_the_reference_is_detected(
     missing = figures[str(gemma_270m)]
     assert missing.mean_kld > 10 * embedded_figures.mean_kld
     assert missing.top1 < embedded_figures.top1
+
+
+def test_every_conversion_is_verified_quickly_by_default(tiny, tmp_path: Path) -> None:
+    """No flag: the quick check runs on every output, and the report, the file and `inspect` carry its figures."""
+    import subprocess
+    import sys
+
+    import gguf
+
+    out, report_path = tmp_path / "m.gguf", tmp_path / "report.json"
+    result = subprocess.run([sys.executable, "-m", "medgemma_convert", "--base", str(tiny.base("gemma3")),
+                             "--adapter", str(tiny.adapter("gemma3", "all")), "--out", str(out), "--quant", "f32,q8_0",
+                             "--report", str(report_path), "--progress", "none"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(report_path.read_text())
+    assert "verify" in [s["stage"] for s in report["stages"]]
+    for output in report["outputs"]:
+        figures = output["verification"]
+        assert figures["mode"] == "quick" and 100 < figures["tokens"] <= QUICK_TOKENS - 1
+        stored = gguf.GGUFReader(output["path"]).fields["medgemma.verification"].contents()
+        assert json.loads(stored) == figures
+        assert output["sha256"] == sha256_file(Path(output["path"]))  # hashed after the figures were added
+    by_quant = {o["quant"]: o["verification"] for o in report["outputs"]}
+    assert by_quant["f32"]["mean_kld"] < 1e-4 and by_quant["f32"]["top1"] > 0.99  # the merge is exact (near-ties aside)
+    assert by_quant["f32"]["mean_kld"] < by_quant["q8_0"]["mean_kld"] < 0.05
+    shown = subprocess.run([sys.executable, "-m", "medgemma_convert", "inspect", str(tmp_path / "m-q8_0.gguf")],
+                           capture_output=True, text=True)
+    assert shown.returncode == 0 and '"mode": "quick"' in shown.stdout

@@ -11,7 +11,7 @@ import pytest
 from medgemma_desktop.engine import Engine
 from medgemma_desktop.history import History
 from medgemma_desktop.ui.main_window import NOTICE_SETTING, MainWindow
-from ui_support import load_model
+from tests.support.window_steps import load_model
 
 @pytest.fixture
 def history(medgemma_home: Path) -> Iterator[History]:

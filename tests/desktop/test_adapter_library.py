@@ -117,5 +117,16 @@ def test_the_base_is_found_by_architecture_and_shapes(adapters: dict[str, Path],
     assert find_base(read_adapter(adapters["gemma2"]), [gemma_270m]) is None
 
 
+def test_of_several_bases_that_fit_the_one_the_provenance_names_wins(gemma_270m: Path, tmp_path: Path) -> None:
+    it = tmp_path / "gemma-3-270m-it-q4_k_m.gguf"
+    it.symlink_to(gemma_270m)  # same shapes as the base: only the name tells them apart
+    for_it = read_adapter(write_adapter(tmp_path / "it.gguf", base="google/gemma-3-270m-it", layers=1))
+    for_base = read_adapter(write_adapter(tmp_path / "pt.gguf", base="google/gemma-3-270m", layers=1))
+    unnamed = read_adapter(write_adapter(tmp_path / "anon.gguf", base=None, layers=1))
+    assert find_base(for_it, [gemma_270m, it]) == it
+    assert find_base(for_base, [it, gemma_270m]) == gemma_270m
+    assert find_base(unnamed, [it, gemma_270m]) == it  # nothing named: the first that fits
+
+
 def test_titles_name_the_base_and_each_adapter_with_its_scale() -> None:
     assert combination_title("Gemma 3 270m", [("cot", 1.0), ("style", 0.25)]) == "Gemma 3 270m + cot + style \u00d70.25"

@@ -13,7 +13,7 @@ from medgemma_desktop.generation import CANNOT_OPEN, GenerationRequest, Loaded, 
 from medgemma_desktop.settings import ChatSettings, LoadOptions
 from medgemma_desktop.ui.engine_worker import EngineWorker
 from medgemma_models.gguf_info import ModelInfo
-from scripted_engine import THINK_SCRIPT, ScriptedEngine
+from tests.support.scripted_engine import THINK_SCRIPT, ScriptedEngine
 
 TIMEOUT_MS = 30_000
 

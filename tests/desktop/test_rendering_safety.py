@@ -23,7 +23,7 @@ from PySide6.QtGui import QDesktopServices, QImage, QTextCursor, QTextDocument
 from PySide6.QtWidgets import QComboBox, QLabel, QListWidget, QWidget
 
 from medgemma_desktop.ui.message_view import MessageView
-from ui_support import FAST_SETTINGS, send
+from tests.support.window_steps import FAST_SETTINGS, send
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="watches file opens with inotify")
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,10 +13,7 @@ from llama_cpp import Llama
 from medgemma_desktop.adapters import attach, attached_to, check_fits, is_adapter, read_adapter
 from medgemma_models.errors import ModelFileError
 
-# The HF-format 270M (cached) and the LoRA builders live with the conversion tests.
-sys.path.insert(0, str(Path(__file__).parents[1] / "convert"))
-from real_fixtures import hf_base_270m  # noqa: E402,F401  (session fixture)
-from tiny import make_adapter  # noqa: E402
+from tests.support.tiny import make_adapter
 
 PROMPT = "<start_of_turn>user\nWhat are the first-line treatments for type 2 diabetes?<end_of_turn>\n<start_of_turn>model\n"
 

@@ -20,7 +20,7 @@ from medgemma_desktop.history import History, Message
 from medgemma_desktop.session import ChatSession, SessionListener, chat_title, meta_text
 from medgemma_desktop.settings import ChatSettings, LoadOptions, LoadSettings
 from medgemma_models.gguf_info import read_model_info
-from scripted_engine import THINK_SCRIPT, ScriptedEngine, reasoning_pieces, script_reasoning
+from tests.support.scripted_engine import THINK_SCRIPT, ScriptedEngine, reasoning_pieces, script_reasoning
 
 REASONING_TEXT, ANSWER_TEXT = script_reasoning(THINK_SCRIPT)
 

@@ -17,7 +17,7 @@ from medgemma_desktop.library import DEMO_TITLE, model_key
 from medgemma_desktop.settings import GenerationSettings
 from medgemma_desktop.ui.main_window import MainWindow
 from medgemma_models.store import demo_adapter
-from ui_support import FAST_SETTINGS, LOAD_TIMEOUT_MS, send
+from tests.support.window_steps import FAST_SETTINGS, LOAD_TIMEOUT_MS, send
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +63,10 @@ def test_open_gguf_puts_an_adapter_on_the_base_it_fits(qtbot, make_window, adapt
     window.settings_panel.max_tokens.setValue(8)
     send(qtbot, window, "What causes anemia?")
     assert window.errors == [] and window.chat_view.cards()[-1].meta.text()
+    # The chat names the exact files that answered: the base and each adapter, hashed.
+    record = window.history.messages(window.session.chat_id)[-1].meta["model"]
+    assert record["name"] == "Gemma 3 270m + test cot" and record["sha256"] == current.sha256
+    assert [(a["file"], a["scale"], len(a["sha256"])) for a in record["adapters"]] == [(str(adapters["cot"]), 1.0, 64)]
 
 
 @pytest.mark.parametrize(("adapter", "message"), [

@@ -19,8 +19,8 @@ from medgemma_desktop.ui.convert_dialog import INSTALL_HINT, ConvertDialog
 from medgemma_desktop.ui.dialogs import ErrorDialog, NoticeDialog
 from medgemma_desktop.ui.excepthook import ExceptionReporter
 from medgemma_desktop.ui.main_window import NOTICE_SETTING, MainWindow
-from scripted_engine import ScriptedEngine
-from ui_support import ANSWER_TIMEOUT_MS, FAST_SETTINGS, LOAD_TIMEOUT_MS, send
+from tests.support.scripted_engine import ScriptedEngine
+from tests.support.window_steps import ANSWER_TIMEOUT_MS, FAST_SETTINGS, LOAD_TIMEOUT_MS, send
 
 
 def test_first_start_needs_the_medical_notice_acknowledged(qtbot, history: History) -> None:

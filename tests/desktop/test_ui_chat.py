@@ -10,7 +10,7 @@ from PySide6.QtWidgets import QMessageBox
 
 from medgemma_models.files import sha256_file
 from medgemma_desktop.history import History
-from ui_support import ANSWER_TIMEOUT_MS, FAST_SETTINGS, LOAD_TIMEOUT_MS, load_model, send
+from tests.support.window_steps import ANSWER_TIMEOUT_MS, FAST_SETTINGS, LOAD_TIMEOUT_MS, load_model, send
 
 pytestmark = pytest.mark.slow
 

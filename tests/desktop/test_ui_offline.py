@@ -11,7 +11,7 @@ import pytest
 
 import medgemma_desktop
 from medgemma_desktop.history import History
-from ui_support import FAST_SETTINGS, send
+from tests.support.window_steps import FAST_SETTINGS, send
 
 pytestmark = pytest.mark.slow
 

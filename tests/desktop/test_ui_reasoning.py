@@ -9,8 +9,8 @@ from PySide6.QtCore import Qt
 
 from medgemma_desktop.history import History
 from medgemma_models.prompt import THINK_OFF_PREFIX
-from scripted_engine import THINK_SCRIPT, ScriptedEngine, reasoning_pieces, script_reasoning
-from ui_support import ANSWER_TIMEOUT_MS, send
+from tests.support.scripted_engine import THINK_SCRIPT, ScriptedEngine, reasoning_pieces, script_reasoning
+from tests.support.window_steps import ANSWER_TIMEOUT_MS, send
 
 REASONING = {"preset": "medical-cot-270m", "max_tokens": 256}
 REASONING_TEXT, ANSWER_TEXT = script_reasoning(THINK_SCRIPT)

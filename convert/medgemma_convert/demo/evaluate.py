@@ -121,15 +121,16 @@ def figures(outcomes: Sequence[Outcome], think: bool) -> ModeFigures:
 
 
 def evaluate(model: Path, adapter: Path | None, items: Sequence[Item], sampling: Sampling, max_tokens: int = 1024,
-             seed: int = 0, threads: int = 2, progress: Progress | None = None) -> list[Outcome]:
-    """Every item with Think on, then every item with Think off."""
+             seed: int = 0, threads: int = 2, modes: Sequence[bool] = (True, False),
+             progress: Progress | None = None) -> list[Outcome]:
+    """Every item in each Think mode of `modes` (True: on, False: off)."""
     import llama_cpp
 
     llm = llama_cpp.Llama(model_path=str(model), lora_path=str(adapter) if adapter else None, n_ctx=2048,
-                          n_threads=threads, seed=seed, verbose=False)
+                          n_threads=threads, n_threads_batch=threads, seed=seed, verbose=False)
     outcomes = []
     try:
-        runs = [(think, item) for think in (True, False) for item in items]
+        runs = [(think, item) for think in modes for item in items]
         for done, (think, item) in enumerate(runs, start=1):
             outcomes.append(generate(llm, item, think, sampling, max_tokens, seed))
             if progress:
@@ -154,6 +155,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="greedy, or the chain-of-thought preset's defaults with --seed")
     p.add_argument("--max-tokens", type=int, default=1024)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--think", choices=("on", "off", "both"), default="both")
+    # On a CPU shared with other work, one thread is several times faster than two: llama.cpp's
+    # threads spin at every barrier and wait for a partner that is not scheduled.
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, metavar="RESULTS.json", help="write every output and the counts as JSON")
     args = p.parse_args(argv)
@@ -163,9 +167,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         items = [item for item in load_items(args.data) if item.split == "heldout"]
         sampling = GREEDY if args.sampling == "greedy" else preset_sampling()
         started = time.perf_counter()
-        outcomes = evaluate(model, args.adapter, items, sampling, args.max_tokens, args.seed, args.threads, bar)
+        modes = {"on": (True,), "off": (False,), "both": (True, False)}[args.think]
+        outcomes = evaluate(model, args.adapter, items, sampling, args.max_tokens, args.seed, args.threads, modes, bar)
         bar.close()
-        counts = [figures(outcomes, True), figures(outcomes, False)]
+        counts = [figures(outcomes, think) for think in modes]
         if args.out:
             result = {"model": str(model), "adapter": str(args.adapter) if args.adapter else None,
                       "sampling": args.sampling, "sampling_values": asdict(sampling), "max_tokens": args.max_tokens,

@@ -40,9 +40,9 @@ class TrainOptions:
     base: Path
     data: Path
     out: Path
-    epochs: int = 3
+    epochs: int = 1
     seed: int = 0
-    learning_rate: float = 2e-4
+    learning_rate: float = 3e-4
     rank: int = 16
     alpha: int = 32
     warmup_steps: int = 20

@@ -16,8 +16,8 @@ from PySide6.QtWidgets import QFileDialog, QWidget
 from medgemma_models.errors import MedGemmaError
 
 from ..engine import GenerationStats
-from ..history import Message
-from ..session import ChatSession, SessionListener, chat_title, meta_text
+from ..history import HistoryWriteError, Message
+from ..session import UNSAVED_TITLE, ChatSession, SessionListener, chat_title, meta_text
 from .chat_view import ChatView
 from .composer import Composer
 from .dialogs import ask_text, confirm
@@ -108,7 +108,11 @@ class ChatPresenter(QObject, SessionListener):
 
     def send(self) -> bool:
         """Send the message in the input (replacing the last question when editing)."""
-        if not self.session.send(self.composer.text()):
+        try:
+            if not self.session.send(self.composer.text()):
+                return False
+        except HistoryWriteError as exc:  # the question could not be saved: it stays in the input
+            self.report_error(UNSAVED_TITLE, f"{exc}. Your message is still in the input; send it again later.")
             return False
         self.composer.set_text("")
         return True

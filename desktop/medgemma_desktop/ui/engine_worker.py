@@ -49,6 +49,7 @@ class EngineWorker(QObject):
         super().__init__()
         self._factory = engine_factory
         self._engine: EngineLike | None = None
+        self._previous: EngineLike | None = None  # the engine before the last load, until the window keeps it
         self._stop = threading.Event()
         self._cancel_load = threading.Event()
 
@@ -93,10 +94,33 @@ class EngineWorker(QObject):
         except LoadFailed as exc:
             self.load_failed.emit(exc.title, str(exc))
             return
+        self._close_previous()
+        # The window may still refuse the model (`undo_load`): the one in use stays open until it accepts.
+        self._previous, self._engine = self._engine, engine
+        self.loaded.emit(loaded)
+
+    @Slot()
+    def keep_load(self) -> None:
+        """The window took the model just loaded: the one it replaces can go."""
+        self._close_previous()
+
+    @Slot()
+    def undo_load(self) -> None:
+        """The window could not take the model just loaded: back to the one in use before."""
         if self._engine is not None:
             self._engine.close()
-        self._engine = engine
-        self.loaded.emit(loaded)
+        self._engine, self._previous = self._previous, None
+
+    def _close_previous(self) -> None:
+        if self._previous is not None:
+            self._previous.close()
+            self._previous = None
+
+    @property
+    def model_path(self) -> Path | None:
+        """The file of the engine answering now (read it between requests)."""
+        info = self._engine.info if self._engine is not None else None
+        return info.path if info is not None else None
 
     @Slot(object)
     def generate(self, request: GenerationRequest) -> None:
@@ -121,6 +145,7 @@ class EngineWorker(QObject):
 
     @Slot()
     def shutdown(self) -> None:
+        self._close_previous()
         if self._engine is not None:
             self._engine.close()
             self._engine = None

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from PySide6.QtCore import QCoreApplication, QEvent, Qt, QThread, QTimer, Signal, Slot
 from PySide6.QtGui import QCloseEvent, QKeySequence, QShortcut
-from PySide6.QtWidgets import QMainWindow, QSplitter, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QMainWindow, QMessageBox, QSplitter, QVBoxLayout, QWidget
 
 from ..engine import GenerationStats
 from ..generation import EngineLike, GenerationRequest
@@ -60,6 +60,7 @@ class MainWindow(QMainWindow):
         super().__init__(parent)
         self.history = history
         self.errors: list[tuple[str, str]] = []  # every problem reported to the user, for tests and logs
+        self._problems: dict[str, QMessageBox] = {}  # the problem dialogs open now, by title
         self.library = ModelLibrary(history)
         self.session = ChatSession(history, WorkerBackend(self))
         self.setWindowTitle("MedGemma Edge")
@@ -101,7 +102,7 @@ class MainWindow(QMainWindow):
         self._save_timer = QTimer(self)
         self._save_timer.setInterval(int(self.session.save_interval * 1000))
         connections = (
-            (self._save_timer.timeout, self.session.flush), (self.chats.state_changed, self._update_enabled),
+            (self._save_timer.timeout, self._save_now), (self.chats.state_changed, self._update_enabled),
             (self.chats.answer_finished, self._on_answer_finished), (self.chats.status_message, self._show_message),
             (self.model_bar.export_requested, self.chats.ask_export), (self.composer.send_requested, self.send),
             (self.chat_view.regenerate_requested, self.regenerate),
@@ -150,7 +151,13 @@ class MainWindow(QMainWindow):
         """Tell the user about a problem in a dialog that does not block the window."""
         log.warning("%s: %s", title, message)
         self.errors.append((title, message))
-        problem_box(self, title, message)
+        shown = self._problems.get(title)
+        if shown is not None:  # the same problem again (a full disk at every save): one dialog, updated
+            shown.setText(message)
+            return
+        box = problem_box(self, title, message)
+        self._problems[title] = box
+        box.finished.connect(lambda _result, closed=title: self._problems.pop(closed, None))
 
     # -- sending ------------------------------------------------------------------------------------
 
@@ -184,11 +191,20 @@ class MainWindow(QMainWindow):
     @Slot()
     def _update_enabled(self) -> None:
         busy, loading = self.session.busy, self.library.loading
-        (self._save_timer.start if busy else self._save_timer.stop)()
+        (self._save_timer.start if busy or self.session.saving else self._save_timer.stop)()
+        self.status.show_saving(self.session.saving)
         self.chat_view.update_actions(busy)
         self.model_bar.set_switching_enabled(not busy and not loading)
         self.settings_panel.set_reload_enabled(not busy and not loading)
         self.model_bar.set_export_enabled(self.session.chat_id is not None)
+
+    @Slot()
+    def _save_now(self) -> None:
+        """Save a streaming answer gone quiet, and retry saves that failed until they succeed."""
+        self.session.flush()
+        self.status.show_saving(self.session.saving)
+        if not self.session.busy and not self.session.saving:
+            self._save_timer.stop()
 
     # -- shutdown -------------------------------------------------------------------------------
 

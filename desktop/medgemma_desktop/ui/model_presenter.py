@@ -6,6 +6,7 @@ The state is `ModelLibrary`'s (Qt-free); the loads run in the engine worker's th
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -17,12 +18,14 @@ from medgemma_models.gguf_info import ModelInfo
 from medgemma_models.store import models_dir
 
 from ..adapters import check_fits, is_adapter, read_adapter
-from ..generation import CANNOT_OPEN, AdapterUse, Loaded, LoadRequest
+from ..generation import CANNOT_OPEN, COULD_NOT_LOAD, AdapterUse, Loaded, LoadRequest
+from ..history import HistoryWriteError
 from ..library import (
     GEMMA_ARCHITECTURES,
     AdapterMatch,
     ModelEntry,
     ModelLibrary,
+    adapter_records,
     base_candidates,
     describe,
     find_base,
@@ -35,12 +38,22 @@ from .model_bar import ModelBar
 from .settings_panel import SettingsPanel
 from .status_bar import StatusBar
 
+log = logging.getLogger(__name__)
+
+
+def _one_line(exc: BaseException) -> str:
+    """An error as one short line for a dialog (a message from a broken file can be anything)."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 300 else text[:299] + "\u2026"
+
 
 class ModelPresenter(QObject):
     load_requested = Signal(object)  # LoadRequest, to the worker
     inspect_requested = Signal(object)  # list[Path], to the worker
     model_loaded = Signal()
     state_changed = Signal()  # a load started or ended: what can be clicked changes
+    keep_load_requested = Signal()  # to the worker: the model just loaded is in use
+    undo_load_requested = Signal()  # to the worker: it is not, go back to the one before
 
     def __init__(self, library: ModelLibrary, session: ChatSession, worker: EngineWorker, model_bar: ModelBar,
                  settings_panel: SettingsPanel, status: StatusBar, report_error: Callable[[str, str], None],
@@ -52,6 +65,8 @@ class ModelPresenter(QObject):
         self._window = parent
         self.load_requested.connect(worker.load)
         self.inspect_requested.connect(worker.inspect)
+        self.keep_load_requested.connect(worker.keep_load)
+        self.undo_load_requested.connect(worker.undo_load)
         for signal, slot in ((worker.model_inspected, self._on_model_inspected), (worker.load_progress, status.set_load_progress),
                              (worker.loaded, self._on_loaded), (worker.load_failed, self._on_load_failed),
                              (worker.load_cancelled, self._on_load_cancelled), (model_bar.model_chosen, self._on_entry_chosen),
@@ -149,10 +164,26 @@ class ModelPresenter(QObject):
 
     @Slot(object)
     def _on_loaded(self, loaded: Loaded) -> None:
+        """Take the model just loaded; if anything in that fails, the model in use before stays."""
+        previous = self.library.current
+        try:
+            self._take_loaded(loaded)
+        except Exception as exc:  # noqa: BLE001 - whatever failed, the window must not stay half-loaded
+            log.exception("taking the loaded model %s failed", loaded.path)
+            self.undo_load_requested.emit()
+            self.library.undo_load(previous)
+            self._abort_load("")
+            self.model_bar.set_details(describe(previous.info) if previous is not None else "")
+            self.report_error(COULD_NOT_LOAD, f"{loaded.path.name} loaded, but the app could not use it: "
+                                              f"{_one_line(exc)}. The model in use stays.")
+            return
+        self.keep_load_requested.emit()
+        self.model_loaded.emit()
+
+    def _take_loaded(self, loaded: Loaded) -> None:
         load = self.settings_panel.load_settings()
         chat = self.library.finish_load(loaded, self.settings_panel.chat_settings(), load)
         self.settings_panel.show_settings(chat)
-        self.session.use_model(loaded.info, loaded.sha256)
         current = self.library.current
         assert current is not None
         self.status.show_model(f"{current.title or loaded.info.name} · {current.offload}")
@@ -160,7 +191,8 @@ class ModelPresenter(QObject):
         self.model_bar.set_details(describe(loaded.info))
         self._end_load()
         self.refresh_models()
-        self.model_loaded.emit()
+        # Last: until here a failure leaves the session on the model in use before.
+        self.session.use_model(loaded.info, loaded.sha256, current.title or None, adapter_records(loaded, current.adapters))
 
     @Slot(str, str)
     def _on_load_failed(self, title: str, message: str) -> None:
@@ -210,6 +242,9 @@ class ModelPresenter(QObject):
     @Slot()
     def _on_settings_changed(self) -> None:
         chat, load = self.settings_panel.chat_settings(), self.settings_panel.load_settings()
-        self.library.save_settings(chat, load)
+        try:
+            self.library.save_settings(chat, load)
+        except HistoryWriteError as exc:  # they apply now all the same; remembered at the next change
+            self.report_error("Could not save the settings", str(exc))
         if not self.library.loading:
             self.session.use_settings(chat, load)

@@ -21,6 +21,9 @@ class StatusBar(QStatusBar):
         self.speed_label.setAccessibleName("Generation speed")
         self.context_label = QLabel("", self)
         self.context_label.setAccessibleName("Context used")
+        self.saving_label = QLabel("Saving\u2026", self)  # a save failed; the text is kept and retried
+        self.saving_label.setAccessibleName("Chat not saved yet")
+        self.saving_label.setVisible(False)
         self.load_bar = QProgressBar(self)
         self.load_bar.setAccessibleName("Model loading progress")
         self.load_bar.setRange(0, 1000)
@@ -32,6 +35,7 @@ class StatusBar(QStatusBar):
         self.load_bar.setVisible(False)
         self.cancel_load_button.setVisible(False)
         self.addWidget(self.offload_label, 1)
+        self.addPermanentWidget(self.saving_label)
         self.addPermanentWidget(self.load_bar)
         self.addPermanentWidget(self.cancel_load_button)
         self.addPermanentWidget(self.speed_label)
@@ -54,6 +58,9 @@ class StatusBar(QStatusBar):
     def show_model(self, text: str) -> None:
         """The model in use and its offload, or what happened to a load."""
         self.offload_label.setText(text)
+
+    def show_saving(self, saving: bool) -> None:
+        self.saving_label.setVisible(saving)
 
     def show_context(self, used: int, n_ctx: int) -> None:
         self.context_label.setText(f"ctx {used:,} / {n_ctx:,}")
