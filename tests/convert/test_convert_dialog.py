@@ -58,3 +58,61 @@ def test_cancel_stops_the_child_and_leaves_nothing(qtbot, hf_base_270m, lora_270
     assert any(stage.startswith("export") for stage, _, _ in stages)
     assert converted == [] and list(out.iterdir()) == []
     assert dialog.start_button.isEnabled()
+
+
+def test_the_child_imports_nothing_from_the_launch_folder(qtbot, tiny, tmp_path, monkeypatch):
+    launch = tmp_path / "launch"
+    launch.mkdir()
+    marker = tmp_path / "planted-numpy-ran"
+    (launch / "numpy.py").write_text(f"open({str(marker)!r}, 'w').close()\nraise SystemExit('planted numpy.py')\n")
+    monkeypatch.chdir(launch)  # the app was started from a folder holding a planted numpy.py
+    dialog, _, converted = _dialog(qtbot, tiny.base("gemma3"), tiny.adapter("gemma3", "qv"), Path("relative.gguf"))
+    dialog.quant_boxes["q4_k_m"].setChecked(False)
+    dialog.start()
+    qtbot.waitUntil(lambda: dialog.error is not None or dialog.stage.text().startswith("Done"), timeout=180_000)
+    assert not marker.exists()
+    assert dialog.error is None, dialog.log.toPlainText()
+    assert converted == [str(launch / "relative.gguf")]  # a relative output is the launch folder's
+    assert (launch / "relative.gguf").is_file()
+
+
+def test_closing_the_window_mid_conversion_asks_then_cancels_and_cleans_up(qtbot, tiny, tmp_path):
+    from PySide6.QtCore import QTimer
+
+    from medgemma_desktop.engine import Engine
+    from medgemma_desktop.history import History
+    from medgemma_desktop.ui.main_window import MainWindow
+
+    history = History()
+    window = MainWindow(history, Engine)
+    qtbot.addWidget(window)
+    window.show()
+    window.models.show_convert_dialog()
+    dialog = window.models.convert_dialog
+    out = tmp_path / "out"
+    out.mkdir()
+    dialog.base.setText(str(tiny.base("gemma3")))
+    dialog.add_adapter(str(tiny.adapter("gemma3", "all")))
+    dialog.out.setText(str(out / "tiny.gguf"))
+    questions: list[str] = []
+    answers = iter([False, True])  # first "keep converting", then "stop it"
+
+    def ask(title: str, question: str) -> bool:
+        questions.append(title)
+        return next(answers)
+
+    dialog.ask = ask
+    closed: list[bool] = []
+
+    def close_once(stage: str, done: int, total: int) -> None:
+        if stage.startswith("export") and not closed:
+            closed.append(window.close())  # declined: the window stays and the conversion goes on
+            QTimer.singleShot(0, lambda: closed.append(window.close()))  # agreed: it stops, then closes
+
+    dialog.progress_changed.connect(close_once)
+    dialog.start()
+    qtbot.waitUntil(lambda: len(closed) == 2, timeout=180_000)
+    history.close()
+    assert closed == [False, True] and questions == ["Stop the conversion?"] * 2
+    assert not dialog.running and dialog.error is not None and "interrupted" in dialog.error, dialog.log.toPlainText()
+    assert list(out.iterdir()) == []  # no .partial left: the child cleaned up before the window closed

@@ -267,3 +267,19 @@ def test_a_model_name_with_markup_shows_literally(qtbot: Any, make_window, hosti
         tooltips += [chats.item(i).toolTip() for i in range(chats.count())]
     assert any("&lt;img" in tip for tip in tooltips)  # escaped: shown as the characters they are
     assert [tip for tip in tooltips if "<img" in tip] == []
+
+
+def test_an_error_summary_is_shown_as_text(qtbot: Any, bait) -> None:
+    from medgemma_desktop.ui.dialogs import ErrorDialog
+
+    folder, watch = bait
+    summary = f"KeyError: '<img src={folder / 'scan.png'}>'"
+    dialog = ErrorDialog(summary, "details", None)
+    qtbot.addWidget(dialog)
+    dialog.show()
+    dialog.grab()
+    (heading,) = [label for label in dialog.findChildren(QLabel) if "Something went wrong" in label.text()]
+    shown = QTextDocument()
+    shown.setHtml(heading.text())
+    assert summary in shown.toPlainText()
+    assert watch.opened() == set()

@@ -8,6 +8,7 @@ extra is installed (with `importlib.util.find_spec`, so nothing heavy is importe
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from PySide6.QtCore import QProcess, QProcessEnvironment, Qt, Signal, Slot
@@ -22,6 +23,7 @@ from PySide6.QtWidgets import (
     QHeaderView,
     QLabel,
     QLineEdit,
+    QMessageBox,
     QPlainTextEdit,
     QProgressBar,
     QPushButton,
@@ -36,7 +38,7 @@ from medgemma_models.offline import OFFLINE_ENV
 from medgemma_models.progress import ProgressEvent
 from medgemma_models.quants import CHECKED, OFFERED
 from medgemma_models.report import ConversionReport
-from medgemma_models.store import models_dir
+from medgemma_models.store import home, models_dir
 
 INSTALL_HINT = "pip install 'medgemma-edge[convert]'"
 CHECK_CODE = (
@@ -46,6 +48,18 @@ CHECK_CODE = (
     "print(' '.join(missing)); sys.exit(3 if missing else 0)\n"
 )
 MISSING_EXIT = 3
+# -I: the child imports nothing from its working folder, PYTHONPATH or the user's site-packages (a
+# numpy.py where the app was launched would otherwise run inside it). -I also ignores PYTHONUNBUFFERED:
+# -u keeps the progress lines coming as they are written.
+ISOLATED = ("-I", "-u")
+STOP_WAIT_MS = 120_000  # how long closing waits for a cancelled conversion to remove its partial files
+HUB_PREFIX = "hub:"
+
+
+def absolute(source: str) -> str:
+    """A path typed in the form, made absolute against the launch folder (the child runs elsewhere);
+    a hub id stays as it is."""
+    return source if source.startswith(HUB_PREFIX) or not source else str(Path(source).expanduser().absolute())
 
 
 def convert_arguments(base: str, adapters: list[tuple[str, float]], out: str, quants: list[str],
@@ -70,6 +84,8 @@ class ConvertDialog(QDialog):
 
     def __init__(self, parent: QWidget | None = None, python: str = sys.executable) -> None:
         super().__init__(parent)
+        # Asks (title, question) -> yes before a running conversion is stopped; tests answer it themselves.
+        self.ask: Callable[[str, str], bool] = self._ask
         self.setObjectName("convertDialog")
         self.setWindowTitle("Convert a LoRA adapter into a GGUF model")
         self.setAccessibleName("Convert")
@@ -207,9 +223,9 @@ class ConvertDialog(QDialog):
             item = self.adapters.item(row, 0)
             spin = self.adapters.cellWidget(row, 1)
             if item is not None and item.text().strip():
-                adapters.append((item.text().strip(), spin.value() if isinstance(spin, QDoubleSpinBox) else 1.0))
+                adapters.append((absolute(item.text().strip()), spin.value() if isinstance(spin, QDoubleSpinBox) else 1.0))
         quants = [q for q, box in self.quant_boxes.items() if box.isChecked()] or list(CHECKED[:1])
-        return convert_arguments(self.base.text().strip(), adapters, self.out.text().strip(), quants,
+        return convert_arguments(absolute(self.base.text().strip()), adapters, absolute(self.out.text().strip()), quants,
                                  self.preset.currentData() or None, self.name.text().strip() or None,
                                  self.verify.isChecked())
 
@@ -220,8 +236,8 @@ class ConvertDialog(QDialog):
         env = QProcessEnvironment.systemEnvironment()
         for name, value in OFFLINE_ENV.items():
             env.insert(name, value)
-        env.insert("PYTHONUNBUFFERED", "1")
         process.setProcessEnvironment(env)
+        process.setWorkingDirectory(str(home()))  # a folder of the app's, not wherever it was launched
         return process
 
     @Slot()
@@ -239,7 +255,7 @@ class ConvertDialog(QDialog):
         check = self._child()
         check.finished.connect(self._on_checked)
         self._process = check
-        check.start(self.python, ["-c", CHECK_CODE])
+        check.start(self.python, [*ISOLATED, "-c", CHECK_CODE])
 
     @Slot(int, QProcess.ExitStatus)
     def _on_checked(self, code: int, _status: QProcess.ExitStatus) -> None:
@@ -265,7 +281,7 @@ class ConvertDialog(QDialog):
         self.stage.setText("Starting…")
         args = self.arguments()
         self.log.appendPlainText("$ medgemma-convert " + " ".join(args[2:]))
-        process.start(self.python, args)
+        process.start(self.python, [*ISOLATED, *args])
 
     @Slot()
     def cancel(self) -> None:
@@ -337,6 +353,33 @@ class ConvertDialog(QDialog):
         self.start_button.setEnabled(True)
         self.cancel_button.setEnabled(False)
 
-    def reject(self) -> None:
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.state() != QProcess.ProcessState.NotRunning
+
+    def stop_for_close(self) -> bool:
+        """Closing with a conversion running: ask; on yes cancel it and wait until it has cleaned up.
+
+        Returns whether closing may go on.
+        """
+        if not self.running:
+            return True
+        if not self.ask("Stop the conversion?", "A conversion is running. Closing stops it and deletes "
+                        "its unfinished files. Stop it?"):
+            return False
         self.cancel()
-        super().reject()
+        assert self._process is not None
+        if not self._process.waitForFinished(STOP_WAIT_MS):  # SIGTERM ignored: it must not outlive the app
+            self._process.kill()
+            self._process.waitForFinished()
+        return True
+
+    def _ask(self, title: str, question: str) -> bool:
+        box = QMessageBox(QMessageBox.Icon.Question, title, question,
+                          QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No, self)
+        box.setTextFormat(Qt.TextFormat.PlainText)
+        return box.exec() == QMessageBox.StandardButton.Yes
+
+    def reject(self) -> None:
+        if self.stop_for_close():
+            super().reject()

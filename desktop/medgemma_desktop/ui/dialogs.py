@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 from collections.abc import Callable
 
 from PySide6.QtCore import Qt, Slot
@@ -75,7 +76,7 @@ class ErrorDialog(QDialog):
         self.setWindowTitle("MedGemma Edge — unexpected error")
         self.setAccessibleName("Unexpected error")
         heading = QLabel(
-            f"<b>Something went wrong:</b> {summary}<br>Your chats are saved. "
+            f"<b>Something went wrong:</b> {html.escape(summary)}<br>Your chats are saved. "
             "You can keep working; please copy the details below into a bug report.",
             self,
         )

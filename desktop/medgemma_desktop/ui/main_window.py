@@ -209,6 +209,9 @@ class MainWindow(QMainWindow):
     # -- shutdown -------------------------------------------------------------------------------
 
     def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802 - Qt override
+        if not self.models.may_close():  # a conversion runs and the user keeps it
+            event.ignore()
+            return
         self.shutdown()
         super().closeEvent(event)
 

@@ -33,6 +33,7 @@ from ..library import (
 )
 from ..session import ChatSession
 from ..settings import ChatSettings, LoadSettings
+from .convert_dialog import ConvertDialog
 from .engine_worker import EngineWorker
 from .model_bar import ModelBar
 from .settings_panel import SettingsPanel
@@ -63,6 +64,7 @@ class ModelPresenter(QObject):
         self.model_bar, self.settings_panel, self.status = model_bar, settings_panel, status
         self.report_error = report_error
         self._window = parent
+        self.convert_dialog: ConvertDialog | None = None  # the last one opened
         self.load_requested.connect(worker.load)
         self.inspect_requested.connect(worker.inspect)
         self.keep_load_requested.connect(worker.keep_load)
@@ -228,11 +230,14 @@ class ModelPresenter(QObject):
 
     @Slot()
     def show_convert_dialog(self) -> None:
-        from .convert_dialog import ConvertDialog
-
         dialog = ConvertDialog(self._window)
         dialog.converted.connect(self._on_converted)
+        self.convert_dialog = dialog
         dialog.open()
+
+    def may_close(self) -> bool:
+        """Whether the window may close: a running conversion is stopped first if the user agrees."""
+        return self.convert_dialog is None or self.convert_dialog.stop_for_close()
 
     @Slot(str)
     def _on_converted(self, path: str) -> None:
