@@ -19,10 +19,10 @@ from typing import Any
 import gguf
 import numpy as np
 
+from medgemma_models import provenance
 from medgemma_models.errors import ConversionError
 from medgemma_models.files import atomic_output, check_writable, sha256_file
 from medgemma_models.report import ConversionReport, OutputRecord, StageRecord
-from medgemma_models import provenance
 
 from . import CONVERTER_ID, casts
 from .adapter import LoraTarget, ResolvedAdapter, resolve_adapter

@@ -168,7 +168,7 @@ SWEEP = [
 
 
 def sweep(work: Path, tokens: int, rounds: int, kld_tokens: int, table: Path | None) -> int:
-    from medgemma_convert.imatrix import calibration_texts, compute_imatrix
+    from medgemma_convert.imatrix import calibration_texts, compute_imatrix, read_imatrix, write_imatrix
     from medgemma_convert.quantize import QuantRecipe, quantize, untie
     from medgemma_models.quants import LLAMA_FTYPES
 
@@ -180,7 +180,10 @@ def sweep(work: Path, tokens: int, rounds: int, kld_tokens: int, table: Path | N
     untied = work / "sweep" / "f16-untied.gguf"
     if not untied.is_file():
         untie(f16, untied)
-    importance = compute_imatrix(f16, calibration_texts(None)).importance()
+    saved = work / "sweep" / "imatrix.gguf"  # kept in llama.cpp's format between runs
+    if not saved.is_file():
+        write_imatrix(compute_imatrix(f16, calibration_texts(None)), saved)
+    importance = read_imatrix(saved).importance()
     variants = []
     for name, ftype, output, embedding, imx in SWEEP:
         recipe = QuantRecipe(LLAMA_FTYPES[ftype], output, embedding)

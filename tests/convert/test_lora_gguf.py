@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from gguf import GGMLQuantizationType, GGUFReader
 from safetensors.numpy import load_file
-from tests.support.tiny import kld, reference_logits
+from tests.support.tiny import TEST_TEXT, gemma3_config, kld, llama_logits, make_adapter, make_model, reference_logits
 
 from medgemma_convert.lora_gguf import LoraOptions, export_lora, plan_lora
 from medgemma_convert.options import ConversionOptions
@@ -98,8 +98,6 @@ def test_f16_runtime_adapter_matches_the_merged_f16_export(tiny, token_ids, base
     adapters = [(tiny.adapter("gemma3", name), scale) for name, scale in CASES[case]]
     lora_gguf(base, adapters, tmp_path / "adapter.gguf", out_type="f16")
     merged = base_gguf(base, tmp_path / "merged.gguf", "f16", adapters)
-    from tiny import llama_logits
-
     runtime = runtime_logits(base_ggufs[("gemma3", "f16")], tmp_path / "adapter.gguf", token_ids)
     assert kld(llama_logits(merged, token_ids), runtime).mean() < 1e-3
 
@@ -197,8 +195,6 @@ def _refused(match: str, base: Path, adapters: list[Path], out_dir: Path) -> Non
 
 
 def test_refusals(tiny, tmp_path: Path) -> None:
-    from tiny import gemma3_config, make_adapter, make_model
-
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     base = tiny.base("gemma3")
@@ -234,8 +230,6 @@ def test_existing_output_is_kept_unless_force(tiny, tmp_path: Path) -> None:
 def test_command_line_with_verify(tiny, tmp_path: Path) -> None:
     base, first, second = tiny.base("gemma3"), tiny.adapter("gemma3", "rslora"), tiny.adapter("gemma3", "patterns")
     text = tmp_path / "eval.txt"
-    from tiny import TEST_TEXT
-
     text.write_text(TEST_TEXT)
     result = subprocess.run(
         [sys.executable, "-m", "medgemma_convert", "lora", "--base", str(base), "--adapter", f"{first}:0.5",

@@ -367,12 +367,18 @@ class ConvertDialog(QDialog):
         if not self.ask("Stop the conversion?", "A conversion is running. Closing stops it and deletes "
                         "its unfinished files. Stop it?"):
             return False
+        self.stop_and_wait()
+        return True
+
+    def stop_and_wait(self) -> None:
+        """Cancel a running conversion (SIGTERM) and wait until the child has removed its partial files."""
+        if not self.running:
+            return
         self.cancel()
         assert self._process is not None
         if not self._process.waitForFinished(STOP_WAIT_MS):  # SIGTERM ignored: it must not outlive the app
             self._process.kill()
             self._process.waitForFinished()
-        return True
 
     def _ask(self, title: str, question: str) -> bool:
         box = QMessageBox(QMessageBox.Icon.Question, title, question,

@@ -216,9 +216,10 @@ class MainWindow(QMainWindow):
         super().closeEvent(event)
 
     def shutdown(self) -> None:
-        """Stop the answer, save it, and end the engine thread."""
+        """Stop the answer (and a conversion, which cleans up first), save it, and end the engine thread."""
         if not self._thread.isRunning():
             return
+        self.models.stop_conversion()
         self.worker.request_stop()
         self.worker.request_cancel_load()
         self.session.flush()

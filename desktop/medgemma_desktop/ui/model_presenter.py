@@ -239,6 +239,11 @@ class ModelPresenter(QObject):
         """Whether the window may close: a running conversion is stopped first if the user agrees."""
         return self.convert_dialog is None or self.convert_dialog.stop_for_close()
 
+    def stop_conversion(self) -> None:
+        """The app ends: a running conversion is cancelled and cleans up before the window goes."""
+        if self.convert_dialog is not None:
+            self.convert_dialog.stop_and_wait()
+
     @Slot(str)
     def _on_converted(self, path: str) -> None:
         self.library.remember_recent(Path(path))
