@@ -74,13 +74,9 @@ def resolve_adapter(
     """Find the adapter and check every tensor against the base; any misfit raises AdapterError."""
     if not math.isfinite(spec.scale):
         raise AdapterError(f"--adapter {spec.source}: the scale {spec.scale} is not a finite number")
-    source, repo = spec.source, hub.repo_id(spec.source)
-    if repo is not None:
-        source, folder = repo, hub.fetch(repo, hub.ADAPTER_FILES, "--adapter", progress)
-    else:
-        folder = Path(source).expanduser()
-        if not folder.exists():
-            raise AdapterError(f"adapter not found: {source} (a PEFT folder){hub.download_hint(source)}")
+    source, folder = hub.locate(spec.source, hub.ADAPTER_FILES, "--adapter", progress)
+    if not folder.exists():
+        raise AdapterError(f"adapter not found: {source} (a PEFT folder){hub.download_hint(source)}")
     if not folder.is_dir():
         raise AdapterError(f"adapter {source} is not a folder (expected adapter_config.json + adapter_model.safetensors)")
     config = _read_config(folder)

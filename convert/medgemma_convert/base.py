@@ -7,6 +7,7 @@ everything before any weights are read.
 from __future__ import annotations
 
 import re
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,7 +50,7 @@ class ResolvedBase:
     id: str  # as given: hub repo id or path
     path: Path  # HF folder or GGUF file
     arch: str  # "gemma3" or "gemma2"
-    hparams: dict[str, Any]  # text-model config (HF) or GGUF metadata values
+    hparams: dict[str, Any]  # text-model config (HF) or the GGUF's scalar metadata values
     tensors: tuple[BaseTensor, ...]
     vocab: Vocab | None  # None for a GGUF base: its tokenizer keys are copied as they are
     name_map: NameMap
@@ -65,13 +66,9 @@ class ResolvedBase:
 
 def resolve_base(source: str, progress: Progress = no_progress) -> ResolvedBase:
     """Find and check the base; only a hub:owner/name source is downloaded (to the hub cache)."""
-    repo_id = hub.repo_id(source)
-    if repo_id is not None:
-        source, path = repo_id, hub.fetch(repo_id, hub.BASE_FILES, "--base", progress)
-    else:
-        path = Path(source).expanduser()
-        if not path.exists():
-            raise ConversionError(f"base not found: {source} (a Hugging Face folder or a GGUF file){hub.download_hint(source)}")
+    source, path = hub.locate(source, hub.BASE_FILES, "--base", progress)
+    if not path.exists():
+        raise ConversionError(f"base not found: {source} (a Hugging Face folder or a GGUF file){hub.download_hint(source)}")
     if path.is_file():
         return _resolve_gguf(source, path)
     return _resolve_hf(source, path)
@@ -217,18 +214,24 @@ def _check_shapes(hparams: dict[str, Any], tensors: list[BaseTensor], config_fil
 
 def _resolve_gguf(source: str, path: Path) -> ResolvedBase:
     import gguf
+    from medgemma_models.gguf_compat import HeaderReader
 
     if path.suffix.lower() != ".gguf":
         raise ConversionError(f"base {path} is a file but not a .gguf model (pass a Hugging Face folder or a GGUF file)")
     try:
-        reader = gguf.GGUFReader(path)
-    except (ValueError, IndexError, OverflowError, UnicodeDecodeError, KeyError, TypeError) as exc:
+        # The plan needs names, shapes and scalar keys only: the fast reader skips the vocabulary's
+        # items, which the export reads once with the full reader (gguf_export.write_gguf).
+        reader = HeaderReader(path)
+    except (ValueError, IndexError, OverflowError, UnicodeDecodeError, KeyError, TypeError, struct.error) as exc:
         raise ConversionError(f"base {path.name} is not a readable GGUF file ({exc})") from exc
     field = reader.get_field(gguf.Keys.General.ARCHITECTURE)
     arch = field.contents() if field is not None else None
     if arch not in GGUF_ARCHITECTURES:
         raise ConversionError(f"base {path.name} is a {arch} model; only Gemma-2 and Gemma-3 text models are supported")
-    hparams = {f.name: f.contents() for f in reader.fields.values() if not f.name.startswith("GGUF.")}
+    hparams = {
+        f.name: f.contents() for f in reader.fields.values()
+        if not f.name.startswith("GGUF.") and f.types[0] != gguf.GGUFValueType.ARRAY
+    }
     n_blocks = hparams.get(f"{arch}.block_count")
     if isinstance(n_blocks, bool) or not isinstance(n_blocks, int) or not 0 < n_blocks <= _MAX_SIZE:
         raise ConversionError(f"base {path.name}: {arch}.block_count is {n_blocks!r}, not a whole number of layers")

@@ -75,23 +75,30 @@ def _convert_parser() -> argparse.ArgumentParser:
     p.add_argument("--tensor-type", action="append", default=[], metavar="REGEX=TYPE",
                    help="type of the tensors whose GGUF name matches REGEX; repeatable, the first match wins")
     p.add_argument("--report", type=Path, metavar="REPORT.json", help="write a JSON report")
-    p.add_argument("--progress", choices=("bar", "json", "none"), default="bar")
-    p.add_argument("--force", action="store_true", help="replace existing outputs")
+    _add_run_options(p, "existing outputs")
     return p
 
 
+def _add_run_options(p: argparse.ArgumentParser, replaced: str) -> None:
+    """--progress and --force, the same for every subcommand that writes files."""
+    p.add_argument("--progress", choices=("bar", "json", "none"), default="bar")
+    p.add_argument("--force", action="store_true", help=f"replace {replaced}")
+
+
+def _subcommand_parser(name: str, description: str) -> argparse.ArgumentParser:
+    return argparse.ArgumentParser(prog=f"medgemma-convert {name}", description=description)
+
+
 def _inspect_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="medgemma-convert inspect", description="Show what a GGUF file holds.")
+    p = _subcommand_parser("inspect", "Show what a GGUF file holds.")
     p.add_argument("file", type=Path, metavar="FILE.gguf")
     p.add_argument("--json", action="store_true", help="print the information as JSON")
     return p
 
 
 def _lora_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="medgemma-convert lora",
-        description="Write PEFT LoRA adapters as one GGUF LoRA adapter that llama.cpp applies at runtime, unmerged.",
-    )
+    p = _subcommand_parser(
+        "lora", "Write PEFT LoRA adapters as one GGUF LoRA adapter that llama.cpp applies at runtime, unmerged.")
     p.add_argument("--base", required=True, help="the base the adapters were trained on: Hugging Face folder, hub repo id, or GGUF")
     p.add_argument("--adapter", action="append", required=True, metavar="DIR[:SCALE]",
                    help="PEFT LoRA folder or hub repo id, optionally with a scale; repeatable (ranks are concatenated)")
@@ -101,22 +108,18 @@ def _lora_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="general.name of the adapter")
     p.add_argument("--verify", action="store_true", help="compare base + adapter in llama.cpp with transformers + PEFT")
     p.add_argument("--eval-text", type=Path, metavar="FILE", help="evaluation text for --verify (default: shipped medical text)")
-    p.add_argument("--progress", choices=("bar", "json", "none"), default="bar")
-    p.add_argument("--force", action="store_true", help="replace an existing output")
+    _add_run_options(p, "an existing output")
     return p
 
 
 def _export_hf_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="medgemma-convert export-hf",
-        description="Write a Gemma GGUF model as a Hugging Face folder (safetensors, config, tokenizer) to fine-tune.",
-    )
+    p = _subcommand_parser(
+        "export-hf", "Write a Gemma GGUF model as a Hugging Face folder (safetensors, config, tokenizer) to fine-tune.")
     p.add_argument("model", type=Path, metavar="MODEL.gguf")
     p.add_argument("out", type=Path, metavar="OUT_DIR")
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
                    help="weight type of the safetensors (default float32: a quantized source's values exactly)")
-    p.add_argument("--progress", choices=("bar", "json", "none"), default="bar")
-    p.add_argument("--force", action="store_true", help="replace an existing OUT_DIR")
+    _add_run_options(p, "an existing OUT_DIR")
     return p
 
 

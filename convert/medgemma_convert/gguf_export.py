@@ -48,9 +48,11 @@ class Provenance:
 def write_gguf(base: ResolvedBase, adapters: tuple[ResolvedAdapter, ...], path: Path, out_type: str,
                provenance: Provenance, progress: Progress) -> None:
     """Write the merged model to `path` in `out_type` ("f32", "f16" or "bf16")."""
+    # A GGUF base is opened in full once, here: its metadata arrays are copied and its tensors merged.
+    gguf_base = gguf.GGUFReader(base.path) if base.kind == "gguf" else None
     writer = BulkArrayWriter(None, base.arch)
     try:
-        _add_metadata(writer, base, out_type, provenance)
+        _add_metadata(writer, base, out_type, provenance, gguf_base)
         types = {}
         for t in base.tensors:
             qtype = _tensor_type(t.name, t.shape, out_type)
@@ -61,7 +63,7 @@ def write_gguf(base: ResolvedBase, adapters: tuple[ResolvedAdapter, ...], path: 
         writer.write_ti_data_to_file()
         total = len(base.tensors)
         progress(f"export {out_type}", 0, total)
-        for done, (tensor, data) in enumerate(merged_tensors(base, adapters), start=1):
+        for done, (tensor, data) in enumerate(merged_tensors(base, adapters, gguf_base), start=1):
             qtype = types[tensor.name]
             if isinstance(data, RowBlocks):
                 writer.write_tensor_data(_Streamed(data, qtype, _nbytes(tensor.shape, qtype), tensor.source))  # type: ignore[arg-type]
@@ -108,15 +110,16 @@ def _nbytes(shape: tuple[int, ...], qtype: gguf.GGMLQuantizationType) -> int:
     return int(np.prod(shape)) * (4 if qtype == gguf.GGMLQuantizationType.F32 else 2)
 
 
-def _add_metadata(writer: gguf.GGUFWriter, base: ResolvedBase, out_type: str, prov: Provenance) -> None:
+def _add_metadata(writer: gguf.GGUFWriter, base: ResolvedBase, out_type: str, prov: Provenance,
+                  gguf_base: gguf.GGUFReader | None) -> None:
     writer.add_type(gguf.GGUFType.MODEL)
     writer.add_name(prov.name)
     n_params = sum(int(np.prod(t.shape)) for t in base.tensors)
     writer.add_size_label(gguf.size_label(n_params, 0, 0, 0))
     if prov.license:
         writer.add_license(prov.license)
-    if base.kind == "gguf":
-        _copy_gguf_metadata(writer, base)
+    if gguf_base is not None:
+        _copy_gguf_metadata(writer, gguf_base)
     else:
         _add_hparams(writer, base)
         assert base.vocab is not None
@@ -188,9 +191,8 @@ def _swa_pattern(h: dict[str, Any], n_layers: int) -> list[bool] | None:
 _NOT_COPIED = ("GGUF.", "general.", PREFIX)
 
 
-def _copy_gguf_metadata(writer: gguf.GGUFWriter, base: ResolvedBase) -> None:
+def _copy_gguf_metadata(writer: gguf.GGUFWriter, reader: gguf.GGUFReader) -> None:
     """Architecture and tokenizer keys of a GGUF base, as they are (its own general.* are replaced)."""
-    reader = gguf.GGUFReader(base.path)
     for field in reader.fields.values():
         if field.name.startswith(_NOT_COPIED):
             continue

@@ -46,6 +46,15 @@ def download_hint(source: str) -> str:
     return f"; to download {source} from the Hugging Face hub, pass {PREFIX}{source}" if _REPO_ID.fullmatch(source) else ""
 
 
+def locate(source: str, files: list[str], what: str, progress: Progress) -> tuple[str, Path]:
+    """(the source's name, its local path): a hub:owner/name source is downloaded to the hub cache
+    and named by its repo id; any other is a local path, returned as given (it may not exist)."""
+    repo = repo_id(source)
+    if repo is not None:
+        return repo, fetch(repo, files, what, progress)
+    return source, Path(source).expanduser()
+
+
 def fetch(repo: str, files: list[str], what: str, progress: Progress) -> Path:
     """The local snapshot folder of `repo`; offline, a clear error naming what to pass instead.
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -21,6 +22,9 @@ from medgemma_models.errors import AdapterError, ConversionError
 from .adapter import ResolvedAdapter
 from .base import BaseTensor, ResolvedBase
 from .lora import AdapterWeights
+
+if TYPE_CHECKING:
+    import gguf
 
 # Tensors above this many elements are streamed in row blocks of about this size when untouched.
 BLOCK_ELEMENTS = 8 * 1024 * 1024
@@ -40,11 +44,18 @@ class RowBlocks:
 
 
 def merged_tensors(
-    base: ResolvedBase, adapters: tuple[ResolvedAdapter, ...]
+    base: ResolvedBase, adapters: tuple[ResolvedAdapter, ...], gguf_base: gguf.GGUFReader | None = None
 ) -> Iterator[tuple[BaseTensor, np.ndarray | RowBlocks]]:
-    """Yield (tensor, float32 data) in `base.tensors` order, each merged and ready to write."""
+    """Yield (tensor, float32 data) in `base.tensors` order, each merged and ready to write.
+
+    A GGUF base is read through `gguf_base`, the reader the export already opened for its metadata.
+    """
     weights = AdapterWeights(adapters)
-    read_gguf = _gguf_reader(base) if base.kind == "gguf" else None
+    read_gguf = None
+    if base.kind == "gguf":
+        if gguf_base is None:
+            raise ValueError(f"merging onto the GGUF base {base.path.name} needs its reader")
+        read_gguf = _gguf_tensors(gguf_base)
     for tensor in base.tensors:
         changed = tensor.norm_shift or weights.targets(tensor.name)
         rows = tensor.shape[0] if tensor.shape else 0
@@ -91,10 +102,9 @@ def _merge_failure(tensor: BaseTensor, weights: AdapterWeights) -> ConversionErr
     return AdapterError(f"adding the adapters' deltas to {tensor.source} overflows float32 (values beyond ±3.4e38)")
 
 
-def _gguf_reader(base: ResolvedBase) -> Callable[[BaseTensor], np.ndarray]:
+def _gguf_tensors(reader: gguf.GGUFReader) -> Callable[[BaseTensor], np.ndarray]:
     import gguf
 
-    reader = gguf.GGUFReader(base.path)
     by_name = {t.name: t for t in reader.tensors}
 
     def read(tensor: BaseTensor) -> np.ndarray:

@@ -15,6 +15,7 @@ from .options import ConversionOptions
 from .progress import Progress, no_progress
 from .quantize import check_quantization
 from .quants import intermediate_type, output_paths
+from .verify import check_available
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,8 @@ def plan(options: ConversionOptions, progress: Progress = no_progress) -> Conver
     warnings: list[str] = []
     base = resolve_base(options.base, progress)
     check_quantization(options, [(t.name, t.shape) for t in base.tensors])
+    if options.verify != "none":
+        check_available()
     progress("plan", 1, steps)
     if base.kind == "gguf":
         warnings.append(f"the base {base.path.name} is a GGUF file: its weights are dequantized, and requantizing them "

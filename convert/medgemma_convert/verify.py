@@ -9,6 +9,7 @@ fake a weight error.
 from __future__ import annotations
 
 import gc
+import importlib.util
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -49,6 +50,14 @@ class VerifyFigures:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def check_available() -> None:
+    """Refuse before any work when the reference's libraries (the convert extra) are not installed."""
+    missing = [name for name in ("torch", "transformers", "peft") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ConversionError(f"checking the outputs needs {', '.join(missing)} (pip install 'medgemma-edge[convert]'); "
+                              "or pass --no-verify")
 
 
 def default_eval_text() -> str:

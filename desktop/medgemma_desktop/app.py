@@ -4,13 +4,22 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from medgemma_models.offline import go_offline
 
 if TYPE_CHECKING:
+    from PySide6.QtWidgets import QApplication
+
     from .history import History
+
+# The name of the .desktop entry the packages install: on Wayland it is the window's app_id, so the
+# dock shows the entry's icon (on X11 the WM_CLASS is the application name, the entry's StartupWMClass).
+DESKTOP_FILE_NAME = "medgemma-edge"
+# Package data, so a run from a checkout has the icon too; PNG because the bundle leaves QtSvg out.
+WINDOW_ICON = ("ui", "icons", "medgemma-edge-256.png")
 
 
 def run_app(model: Path | None = None, argv: list[str] | None = None) -> int:
@@ -25,7 +34,7 @@ def run_app(model: Path | None = None, argv: list[str] | None = None) -> int:
     from .ui.main_window import MainWindow
 
     app = QApplication.instance() or QApplication(argv if argv is not None else sys.argv)
-    app.setApplicationName("MedGemma Edge")
+    set_identity(app)
     app.setStyle("Fusion")
     history = open_history()
     if history is None:
@@ -46,6 +55,15 @@ def run_app(model: Path | None = None, argv: list[str] | None = None) -> int:
         reporter.uninstall()
         window.shutdown()
         history.close()
+
+
+def set_identity(app: QApplication) -> None:
+    """The name, desktop entry and icon the desktop shows for the app's windows."""
+    from PySide6.QtGui import QIcon
+
+    app.setApplicationName("MedGemma Edge")
+    app.setDesktopFileName(DESKTOP_FILE_NAME)
+    app.setWindowIcon(QIcon(str(resources.files(__package__).joinpath(*WINDOW_ICON))))
 
 
 def ask_yes_no(title: str, question: str) -> bool:

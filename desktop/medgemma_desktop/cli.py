@@ -1,4 +1,4 @@
-"""`medgemma-desktop`: the chat app, `--ask` for one answer with no window, or `--self-test` for a check."""
+"""`medgemma-desktop`: the chat app, `--ask` for one answer with no window, `--self-test` for a check, `--about`."""
 
 from __future__ import annotations
 
@@ -55,7 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="with --ask: ask for reasoning first (default: the preset's, on)")
     parser.add_argument("--max-tokens", type=int, metavar="N", help="with --ask: the answer's limit (default: the preset's)")
     parser.add_argument("--temperature", type=float, metavar="T", help="with --ask: sampling temperature (0: greedy)")
-    parser.add_argument("--json", action="store_true", help="with --ask or --self-test: print one JSON object")
+    parser.add_argument("--about", action="store_true",
+                        help="print the version, the llama.cpp build and where the terms and licenses are, and exit")
+    parser.add_argument("--json", action="store_true", help="with --ask, --self-test or --about: print one JSON object")
     parser.add_argument("--gpu", type=parse_gpu, default="auto", help="auto, cpu or a number of layers to offload")
     return parser
 
@@ -75,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--adapter, --think, --max-tokens and --temperature go with --ask")
     # The app is offline by design: nothing may reach for a model hub behind our back.
     go_offline()
+    if args.about:
+        return about(args)
     if args.ask is not None:
         return ask(args)
     if args.self_test:
@@ -89,6 +93,24 @@ def main(argv: list[str] | None = None) -> int:
     from .app import run_app
 
     return run_app(args.model)
+
+
+def about(args: argparse.Namespace) -> int:
+    from .about import about_info, summary_lines
+
+    try:
+        info = about_info()
+    except MedGemmaError as exc:  # the data folder it names cannot be made
+        print(f"medgemma-desktop: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(info))
+    else:
+        print("\n".join(summary_lines(info)))
+        print(f"Gemma Terms of Use: {info['terms_file']}")
+        if info["licenses_dir"] is not None:
+            print(f"Licenses: {info['licenses_dir']}")
+    return 0
 
 
 def self_test(args: argparse.Namespace) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Sequence
@@ -11,7 +12,7 @@ from typing import Any, Literal
 
 from medgemma_models.files import atomic_output
 
-from .history import ChatSummary, History, Message
+from .history import ChatSummary, History, Message, ModelRecord
 
 FORMATS = ("markdown", "json")
 EXPORT_VERSION = 1
@@ -29,21 +30,20 @@ def _quote(text: str) -> str:
     return "\n".join(f"> {line}" if line else ">" for line in text.strip("\n").splitlines())
 
 
-def _model_lines(model: dict) -> list[str]:
-    quantization = model.get("quantization") or model.get("file_type")
-    bits = model.get("bits_per_weight")
-    if quantization and bits is not None:
-        quantization = f"{quantization} ({bits:.2f} bits per weight)"
+def _model_lines(model: ModelRecord) -> list[str]:
+    quantization = model.quantization
+    if quantization and model.bits_per_weight is not None:
+        quantization = f"{quantization} ({model.bits_per_weight:.2f} bits per weight)"
     rows = [
-        ("Name", model.get("name")),
-        ("File", model.get("file")),
-        ("SHA-256", model.get("sha256")),
+        ("Name", model.name),
+        ("File", model.file),
+        ("SHA-256", model.sha256),
         ("Quantization", quantization),
     ]
     return [f"- **{label}:** `{value}`" if label == "SHA-256" else f"- **{label}:** {value}" for label, value in rows if value]
 
 
-def chat_to_markdown(summary: ChatSummary, messages: Sequence[Message], model: dict, settings: dict) -> str:
+def chat_to_markdown(summary: ChatSummary, messages: Sequence[Message], model: ModelRecord, settings: dict) -> str:
     """A readable document: title, model, settings, then each message; reasoning labelled as such."""
     out = [
         f"# {summary.title}",
@@ -85,7 +85,7 @@ def _message_record(message: Message) -> dict[str, Any]:
     }
 
 
-def chat_to_json(summary: ChatSummary, messages: Sequence[Message], model: dict, settings: dict) -> str:
+def chat_to_json(summary: ChatSummary, messages: Sequence[Message], model: ModelRecord, settings: dict) -> str:
     """The chat as JSON: model (name, file, sha256, quantization, bits per weight), settings, messages."""
     document = {
         "format": "medgemma-edge-chat",
@@ -95,14 +95,7 @@ def chat_to_json(summary: ChatSummary, messages: Sequence[Message], model: dict,
         "created_at": iso_utc(summary.created_at),
         "updated_at": iso_utc(summary.updated_at),
         "exported_at": iso_utc(time.time()),
-        "model": {
-            "name": model.get("name"),
-            "file": model.get("file"),
-            "sha256": model.get("sha256"),
-            "quantization": model.get("quantization") or model.get("file_type"),
-            "bits_per_weight": model.get("bits_per_weight"),
-            **{k: v for k, v in model.items() if k not in ("name", "file", "sha256", "quantization", "file_type", "bits_per_weight")},
-        },
+        "model": dataclasses.asdict(model),  # every field, null where not recorded
         "settings": settings,
         # "model_reasoning" rather than "reasoning": a reader must not take it for a justification.
         "messages": [_message_record(m) for m in messages],

@@ -19,13 +19,15 @@ fresh history can start. The database, its -wal and -shm are readable by their o
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
+import math
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -134,18 +136,79 @@ class Message:
     meta: dict
 
 
-def model_record(info: ModelInfo, sha256: str | None = None) -> dict[str, Any]:
-    """The model description stored with a chat and shown in exports."""
-    return {
-        "name": info.name or info.path.stem,
-        "file": str(info.path),
-        "sha256": sha256,
-        "architecture": info.architecture,
-        "size_label": info.size_label,
-        "quantization": info.file_type,
-        "bits_per_weight": info.bits_per_weight,
-        "context_length": info.context_length,
-    }
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _number(value: Any) -> float | None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return float(value) if ok else None
+
+
+def _count(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    """The model a chat used, stored with the chat and with each answer, and shown in exports.
+
+    `from_dict` reads what a database holds: a value of the wrong type (an older version's, or
+    a damaged one) reads as not recorded, it does not stop the chat from opening or exporting.
+    """
+
+    name: str | None = None
+    file: str | None = None
+    sha256: str | None = None
+    architecture: str | None = None
+    size_label: str | None = None
+    quantization: str | None = None
+    bits_per_weight: float | None = None
+    context_length: int | None = None
+    adapters: tuple[dict[str, Any], ...] = ()  # name, file, scale, sha256 of each adapter applied
+
+    @classmethod
+    def of(cls, info: ModelInfo, sha256: str | None = None, title: str | None = None,
+           adapters: Sequence[dict[str, Any]] = ()) -> ModelRecord:
+        """The record of a loaded model; `title` names a base with adapters (the file's own name otherwise)."""
+        return cls(
+            name=(title if adapters else None) or info.name or info.path.stem,
+            file=str(info.path),
+            sha256=sha256,
+            architecture=info.architecture,
+            size_label=info.size_label,
+            quantization=info.file_type,
+            bits_per_weight=info.bits_per_weight,
+            context_length=info.context_length,
+            adapters=tuple(adapters),
+        )
+
+    @classmethod
+    def from_dict(cls, data: Any) -> ModelRecord:
+        if not isinstance(data, dict):
+            return cls()
+        adapters = data.get("adapters")
+        return cls(
+            name=_text(data.get("name")),
+            file=_text(data.get("file")),
+            sha256=_text(data.get("sha256")),
+            architecture=_text(data.get("architecture")),
+            size_label=_text(data.get("size_label")),
+            quantization=_text(data.get("quantization")) or _text(data.get("file_type")),  # file_type: first version's key
+            bits_per_weight=_number(data.get("bits_per_weight")),
+            context_length=_count(data.get("context_length")),
+            adapters=tuple(a for a in adapters if isinstance(a, dict)) if isinstance(adapters, list) else (),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The stored form: {} for no model; `adapters` only when there are some."""
+        if self == ModelRecord():
+            return {}
+        data = dataclasses.asdict(self)
+        data["adapters"] = list(self.adapters)
+        if not self.adapters:
+            del data["adapters"]
+        return data
 
 
 # The schema as an ordered list of steps, each applied once and recorded by name in the
@@ -198,6 +261,11 @@ def _casefold(value: str | None) -> str | None:
 
 def _loads(value: str | None) -> dict:
     return json.loads(value) if value else {}
+
+
+def _columns(row: sqlite3.Row, *names: str) -> dict[str, Any]:
+    """Columns whose stored values a dataclass field takes as they are."""
+    return {name: row[name] for name in names}
 
 
 def _dumps(value: Any) -> str:
@@ -325,13 +393,13 @@ class History:
 
     # -- chats ----------------------------------------------------------------------------
 
-    def create_chat(self, title: str = "New chat", model: dict | None = None, settings: dict | None = None) -> int:
-        """A new empty chat; `model` is a `model_record`, `settings` the generation settings."""
+    def create_chat(self, title: str = "New chat", model: ModelRecord | None = None, settings: dict | None = None) -> int:
+        """A new empty chat; `model` is the model answering, `settings` the generation settings."""
         now = time.time()
         with self._write() as db:
             cursor = db.execute(
                 "INSERT INTO chats (title, created_at, updated_at, model, settings) VALUES (?, ?, ?, ?, ?)",
-                (title, now, now, _dumps(model or {}), _dumps(settings or {})),
+                (title, now, now, _dumps(model.to_dict() if model else {}), _dumps(settings or {})),
             )
             return int(cursor.lastrowid)
 
@@ -351,13 +419,8 @@ class History:
 
     @staticmethod
     def _summary(row: sqlite3.Row) -> ChatSummary:
-        return ChatSummary(
-            id=row["id"],
-            title=row["title"],
-            created_at=row["created_at"],
-            updated_at=row["updated_at"],
-            model_name=_loads(row["model"]).get("name"),
-        )
+        return ChatSummary(**_columns(row, "id", "title", "created_at", "updated_at"),
+                           model_name=ModelRecord.from_dict(_loads(row["model"])).name)
 
     def chat(self, chat_id: int) -> ChatSummary:
         rows = self._query("SELECT id, title, created_at, updated_at, model FROM chats WHERE id = ?", (chat_id,))
@@ -377,12 +440,12 @@ class History:
             if cursor.rowcount == 0:
                 raise StoreError(f"chat {chat_id} does not exist (was it deleted in another window?)")
 
-    def chat_model(self, chat_id: int) -> dict:
-        """The `model_record` of the model the chat last used ({} if none)."""
-        return self._chat_column(chat_id, "model")
+    def chat_model(self, chat_id: int) -> ModelRecord:
+        """The model the chat last used (`ModelRecord()` if none)."""
+        return ModelRecord.from_dict(self._chat_column(chat_id, "model"))
 
-    def set_chat_model(self, chat_id: int, model: dict) -> None:
-        self._set_chat_column(chat_id, "model", _dumps(model))
+    def set_chat_model(self, chat_id: int, model: ModelRecord) -> None:
+        self._set_chat_column(chat_id, "model", _dumps(model.to_dict()))
 
     def chat_settings(self, chat_id: int) -> dict:
         return self._chat_column(chat_id, "settings")
@@ -469,17 +532,8 @@ class History:
 
     @staticmethod
     def _message(row: sqlite3.Row) -> Message:
-        return Message(
-            id=row["id"],
-            chat_id=row["chat_id"],
-            role=row["role"],
-            text=row["text"],
-            reasoning=row["reasoning"],
-            created_at=row["created_at"],
-            updated_at=row["updated_at"],
-            complete=bool(row["complete"]),
-            meta=_loads(row["meta"]),
-        )
+        return Message(**_columns(row, "id", "chat_id", "role", "text", "reasoning", "created_at", "updated_at"),
+                       complete=bool(row["complete"]), meta=_loads(row["meta"]))
 
     def messages(self, chat_id: int) -> list[Message]:
         """The chat's messages, oldest first."""

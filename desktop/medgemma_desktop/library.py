@@ -18,7 +18,8 @@ from typing import Any
 from medgemma_models.catalog import DEFAULT_PRESET, preset_for_provenance
 from medgemma_models.errors import MedGemmaError
 from medgemma_models.gguf_info import ModelInfo, human_count, read_model_info
-from medgemma_models.store import DEFAULT_MODEL_NAME, bundled_model, default_model, demo_adapter, list_models, models_dir
+from medgemma_models.store import DEFAULT_MODEL_NAME, default_model, demo_adapter, list_models, models_dir
+from medgemma_models.store import is_embedded_model as is_embedded_file
 
 from .adapters import AdapterFile, check_fits
 from .generation import AdapterUse, Loaded
@@ -69,17 +70,34 @@ class PendingLoad:
 
 @dataclass(frozen=True)
 class LoadedModel:
-    """The model in use."""
+    """The model in use: what the load gave (`loaded`) and how the library lists it."""
 
-    path: Path
-    info: ModelInfo
-    sha256: str
-    n_ctx: int
-    offload: str  # what the load did about the GPU, in the status bar's words
+    loaded: Loaded
     key: str
     embedded: bool
-    adapters: tuple[AdapterUse, ...] = ()
+    adapters: tuple[AdapterUse, ...] = ()  # as chosen, with their scales (`loaded.adapters`: the files read)
     title: str = ""  # the combination's name, as the list shows it ("" without adapters)
+
+    @property
+    def path(self) -> Path:
+        return self.loaded.path
+
+    @property
+    def info(self) -> ModelInfo:
+        return self.loaded.info
+
+    @property
+    def sha256(self) -> str:
+        return self.loaded.sha256
+
+    @property
+    def n_ctx(self) -> int:
+        return self.loaded.n_ctx
+
+    @property
+    def offload(self) -> str:
+        """What the load did about the GPU, in the status bar's words."""
+        return self.loaded.report.describe()
 
 
 def model_key(path: Path | None, adapters: tuple[AdapterUse, ...] = ()) -> str:
@@ -95,12 +113,6 @@ def adapter_label(name: str, scale: float) -> str:
 def combination_title(base: str, adapters: Sequence[tuple[str, float]]) -> str:
     """'Gemma 3 270m + cot ×0.5': the base's name and each adapter's, with its scale when not 1."""
     return " + ".join([base, *(adapter_label(name, scale) for name, scale in adapters)])
-
-
-def is_embedded_file(path: Path) -> bool:
-    """The embedded default model's file (the store's assembled copy or the bundle's)."""
-    return any(copy is not None and path.resolve() == copy.resolve()
-               for copy in (models_dir() / DEFAULT_MODEL_NAME, bundled_model()))
 
 
 def base_candidates(named: str | None = None, extra: Sequence[Path] = ()) -> list[Path]:
@@ -180,7 +192,8 @@ class ModelLibrary:
         """
         paths: list[Path] = [p for p in list_models() if p.name != DEFAULT_MODEL_NAME]
         recent = [Path(p) for p in self._recent() if Path(p).is_file()]
-        paths += [p for p in recent if p.parent.resolve() != models_dir().resolve() and p not in paths]
+        paths += [p for p in recent if p.parent.resolve() != models_dir().resolve() and not is_embedded_file(p)
+                  and p not in paths]
         in_use = self.current.path if self.current is not None else None
         if in_use is not None and in_use not in paths and not is_embedded_file(in_use):
             paths.append(in_use)
@@ -337,6 +350,8 @@ class ModelLibrary:
                    ) -> tuple[PendingLoad, tuple[ChatSettings, LoadSettings] | None]:
         """A load of `path` (with `adapters` on top) starts: its key and the settings remembered for it (None: none yet)."""
         adapters = tuple(adapters)
+        if path is not None and is_embedded_file(path):  # opened by its path: still the embedded entry
+            path = None
         key = model_key(path, adapters)
         saved = self.saved_settings(key)
         self.pending = PendingLoad(path, key, fresh=saved is None, adapters=adapters)
@@ -368,9 +383,7 @@ class ModelLibrary:
             demo = self.demo_entry()
             title = DEMO_TITLE if demo is not None and embedded and pending.adapters == demo.adapters \
                 else combination_title(loaded.info.name, names)
-        self.current = LoadedModel(path=loaded.path, info=loaded.info, sha256=loaded.sha256, n_ctx=loaded.n_ctx,
-                                   offload=loaded.report.describe(), key=pending.key, embedded=embedded,
-                                   adapters=pending.adapters, title=title)
+        self.current = LoadedModel(loaded, key=pending.key, embedded=embedded, adapters=pending.adapters, title=title)
         self._infos[loaded.path] = loaded.info
         for adapter in loaded.adapters:
             self._infos[adapter.path] = AdapterMatch(adapter, loaded.path)

@@ -23,7 +23,7 @@ from medgemma_models.reasoning import ReasoningSplitter, Segment
 from .conversation import PromptPlan
 from .engine import GenerationStats
 from .generation import GenerationRequest
-from .history import History, HistoryWriteError, Message, StreamingMessageWriter, model_record
+from .history import History, HistoryWriteError, Message, ModelRecord, StreamingMessageWriter
 from .settings import ChatSettings, LoadSettings, stored_settings
 
 log = logging.getLogger(__name__)
@@ -167,9 +167,8 @@ class ChatSession:
     def author(self, message: Message) -> str:
         if message.role == "user":
             return "You"
-        model = message.meta.get("model")
-        name = model.get("name") if isinstance(model, dict) else None
-        return str(name or (self._model_record()["name"] if self.model else "Model"))
+        name = ModelRecord.from_dict(message.meta.get("model")).name
+        return str(name or (self._model_record().name if self.model else "Model"))
 
     # -- chats ----------------------------------------------------------------------------------
 
@@ -264,7 +263,7 @@ class ChatSession:
         message_id = self.history.add_message(self.chat_id, "model", "", complete=False)
         writer = StreamingMessageWriter(self.history, message_id, interval=self.save_interval, clock=self.clock)
         self.answer = Answer(chat_id=self.chat_id, message_id=message_id, writer=writer)
-        self.listener.answer_started(message_id, self._model_record()["name"])
+        self.listener.answer_started(message_id, str(self._model_record().name))
         self.listener.busy_changed(True)
         settings = self.settings
         # A direct backend answers before this returns: nothing may follow this call.
@@ -373,7 +372,7 @@ class ChatSession:
 
     def _meta(self, answer: Answer, stats: GenerationStats | None) -> dict[str, Any]:
         meta: dict[str, Any] = {
-            "model": self._model_record() if self.model is not None else {},
+            "model": self._model_record().to_dict() if self.model is not None else {},
             "settings": stored_settings(self.settings, self.load_settings),
             "reasoning_tokens": answer.reasoning_tokens,
             "dropped_turns": answer.dropped_turns,
@@ -383,9 +382,6 @@ class ChatSession:
             meta["stats"] = dataclasses.asdict(stats)
         return meta
 
-    def _model_record(self) -> dict[str, Any]:
+    def _model_record(self) -> ModelRecord:
         assert self.model is not None
-        record = model_record(self.model, self.model_sha256)
-        if self.model_adapters:
-            record.update(name=self.model_title or record["name"], adapters=self.model_adapters)
-        return record
+        return ModelRecord.of(self.model, self.model_sha256, self.model_title, self.model_adapters)

@@ -53,6 +53,18 @@ def bundled_model() -> Path | None:
     return candidate if candidate is not None and candidate.is_file() else None
 
 
+def embedded_model_path() -> Path:
+    """Where the embedded default model is: the bundle's copy, else the store's (`default_model()` assembles it)."""
+    return bundled_model() or models_dir() / DEFAULT_MODEL_NAME
+
+
+def is_embedded_model(path: Path) -> bool:
+    """Whether `path` is the embedded default model: the bundle's copy, or the store's that a run
+    outside a bundle assembled into the same data folder."""
+    copies = [models_dir() / DEFAULT_MODEL_NAME, bundled_model()]
+    return any(copy is not None and Path(path).resolve() == copy.resolve() for copy in copies)
+
+
 def default_model() -> Path:
     """The embedded Gemma-3-270M Q4_K_M file: the bundle's copy, else assembled into the store on first use."""
     bundled = bundled_model()

@@ -116,3 +116,29 @@ def test_closing_the_window_mid_conversion_asks_then_cancels_and_cleans_up(qtbot
     assert closed == [False, True] and questions == ["Stop the conversion?"] * 2
     assert not dialog.running and dialog.error is not None and "interrupted" in dialog.error, dialog.log.toPlainText()
     assert list(out.iterdir()) == []  # no .partial left: the child cleaned up before the window closed
+
+
+def test_the_app_ending_mid_conversion_cancels_it_and_cleans_up_without_asking(qtbot, tiny, tmp_path):
+    from medgemma_desktop.engine import Engine
+    from medgemma_desktop.history import History
+    from medgemma_desktop.ui.main_window import MainWindow
+
+    history = History()
+    window = MainWindow(history, Engine)
+    qtbot.addWidget(window)
+    window.models.show_convert_dialog()
+    dialog = window.models.convert_dialog
+    out = tmp_path / "out"
+    out.mkdir()
+    dialog.base.setText(str(tiny.base("gemma3")))
+    dialog.add_adapter(str(tiny.adapter("gemma3", "all")))
+    dialog.out.setText(str(out / "tiny.gguf"))
+    dialog.ask = lambda title, question: pytest.fail("the app ending (logout, run_app's exit) asks nothing")
+    ended: list[bool] = []
+    dialog.progress_changed.connect(lambda stage, done, total: stage.startswith("export") and not ended
+                                    and (window.shutdown(), ended.append(True)))
+    dialog.start()
+    qtbot.waitUntil(lambda: bool(ended), timeout=180_000)
+    history.close()
+    assert not dialog.running and "interrupted" in (dialog.error or ""), dialog.log.toPlainText()
+    assert list(out.iterdir()) == []

@@ -25,6 +25,7 @@ from medgemma_convert.pipeline import convert
 from medgemma_convert.plan import plan
 from medgemma_models.errors import ConversionError
 from medgemma_models.gguf_info import read_model_info
+from medgemma_models.report import ConversionReport
 
 
 def _floats() -> np.ndarray:
@@ -84,7 +85,7 @@ def test_bulk_array_writer_writes_what_gguf_py_writes(tmp_path):
     mixed.close()
 
 
-def _export(base: Path, out: Path, quant: str, adapters: tuple[str, ...] = ()) -> dict:
+def _export(base: Path, out: Path, quant: str, adapters: tuple[str, ...] = ()) -> ConversionReport:
     out.parent.mkdir(parents=True, exist_ok=True)
     options = ConversionOptions.create(base=str(base), out=out, adapters=list(adapters), quant=quant, name="Tiny")
     return convert(plan(options))
@@ -106,13 +107,13 @@ def test_quantizing_in_slabs_gives_the_same_file(tiny, tmp_path, monkeypatch):
 def test_outputs_quantized_side_by_side_equal_those_made_alone(tiny, tmp_path):
     adapter = str(tiny.adapter("gemma3", "all"))
     together = _export(tiny.base("gemma3"), tmp_path / "together" / "m.gguf", "f32,q8_0,q4_k_m", (adapter,))
-    assert [s["stage"] for s in together["stages"]] == ["merge+export f32", "quantize q8_0+q4_k_m", "hash outputs"]
+    assert [s.stage for s in together.stages] == ["merge+export f32", "quantize q8_0+q4_k_m", "hash outputs"]
     for quant in ("q8_0", "q4_k_m"):
         alone = _export(tiny.base("gemma3"), tmp_path / quant / "m.gguf", quant, (adapter,))
-        [made_alone] = alone["outputs"]
-        [made_together] = [o for o in together["outputs"] if o["quant"] == quant]
-        assert made_together["sha256"] == made_alone["sha256"]
-        assert Path(made_together["path"]).read_bytes() == Path(made_alone["path"]).read_bytes()
+        [made_alone] = alone.outputs
+        [made_together] = [o for o in together.outputs if o.quant == quant]
+        assert made_together.sha256 == made_alone.sha256
+        assert Path(made_together.path).read_bytes() == Path(made_alone.path).read_bytes()
 
 
 def test_quantize_all_reports_progress_per_output(tiny, tmp_path):

@@ -45,3 +45,13 @@ def write_adapter(path: Path, *, arch: str = "gemma3", name: str = "test adapter
     writer.write_tensors_to_file()
     writer.close()
     return path
+
+
+def write_adapter_set(folder: Path) -> dict[str, Path]:
+    """Adapters a window or `--ask` meets: one that fits the 270M (`cot`, with a preset) and three that do not."""
+    return {
+        "cot": write_adapter(folder / "cot.gguf", name="test cot", preset="medical-cot-270m"),
+        "1b": write_adapter(folder / "wide.gguf", shapes={"attn_q": (1152, 1024)}, layers=2),
+        "gemma2": write_adapter(folder / "g2.gguf", arch="gemma2", base=None, layers=2),
+        "llama": write_adapter(folder / "llama.gguf", arch="llama", layers=2),
+    }

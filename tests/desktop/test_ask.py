@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from adapter_files import write_adapter
+from adapter_files import write_adapter_set
 from medgemma_desktop.ask import Asker
 from medgemma_desktop.engine import Engine
 from medgemma_desktop.generation import AdapterUse, LoadFailed, LoadRequest, open_model
@@ -34,11 +34,7 @@ needs_demo = pytest.mark.skipif(demo_adapter() is None, reason="the demo reasoni
 
 @pytest.fixture(scope="module")
 def adapters(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    folder = tmp_path_factory.mktemp("ask-adapters")
-    return {
-        "cot": write_adapter(folder / "cot.gguf", name="test cot", preset="medical-cot-270m"),
-        "1b": write_adapter(folder / "wide.gguf", shapes={"attn_q": (1152, 1024)}, layers=2),
-    }
+    return write_adapter_set(tmp_path_factory.mktemp("ask-adapters"))
 
 
 @pytest.fixture(scope="module")

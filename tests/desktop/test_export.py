@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from medgemma_desktop.export import chat_to_json, chat_to_markdown, export_chat, iso_utc
-from medgemma_desktop.history import History, model_record
+from medgemma_desktop.history import History, ModelRecord
 from medgemma_models.errors import MedGemmaError
 from medgemma_models.files import sha256_file
 from medgemma_models.gguf_info import read_model_info
@@ -19,23 +19,24 @@ SETTINGS = {"preset": "medical-cot-270m", "temperature": 0.6, "top_p": 0.95, "ma
 
 
 @pytest.fixture(scope="module")
-def real_model(gemma_270m: Path) -> dict:
+def real_model(gemma_270m: Path) -> ModelRecord:
     """The model record of the real 270M file (reading its header takes a while: once per module)."""
-    return model_record(read_model_info(gemma_270m), sha256_file(gemma_270m))
+    return ModelRecord.of(read_model_info(gemma_270m), sha256_file(gemma_270m))
 
 
-def test_model_record_of_the_real_model(gemma_270m: Path, real_model: dict) -> None:
-    assert real_model["file"] == str(gemma_270m)
-    assert real_model["name"]
-    assert real_model["architecture"] == "gemma3"
-    assert real_model["quantization"].startswith("Q4_K")
-    assert 4.0 < real_model["bits_per_weight"] < 8.0
-    assert real_model["sha256"] == sha256_file(gemma_270m)
-    assert real_model["context_length"] == 32768
+def test_model_record_of_the_real_model(gemma_270m: Path, real_model: ModelRecord) -> None:
+    assert real_model.file == str(gemma_270m)
+    assert real_model.name
+    assert real_model.architecture == "gemma3"
+    assert real_model.quantization is not None and real_model.quantization.startswith("Q4_K")
+    assert real_model.bits_per_weight is not None and 4.0 < real_model.bits_per_weight < 8.0
+    assert real_model.sha256 == sha256_file(gemma_270m)
+    assert real_model.context_length == 32768
+    assert ModelRecord.from_dict(json.loads(json.dumps(real_model.to_dict()))) == real_model
 
 
 @pytest.fixture
-def filled(tmp_path: Path, real_model: dict):
+def filled(tmp_path: Path, real_model: ModelRecord):
     """A history with one chat: a question, a finished answer with reasoning, a stopped answer."""
     with History(tmp_path / "history.sqlite3") as history:
         chat = history.create_chat("Chest pain | on exertion", model=real_model, settings=SETTINGS)
@@ -45,21 +46,21 @@ def filled(tmp_path: Path, real_model: dict):
             "model",
             "This pattern suggests **stable angina**.\n\n- see a doctor\n- avoid exertion",
             reasoning="Exertional pain relieved by rest.\n\nClassic for angina.",
-            meta={"model": real_model, "stats": {"generated_tokens": 42, "decode_tok_per_s": 50.0}},
+            meta={"model": real_model.to_dict(), "stats": {"generated_tokens": 42, "decode_tok_per_s": 50.0}},
         )
         history.add_message(chat, "user", "And if it happens at rest?")
         history.add_message(chat, "model", "Then it could be unstable", complete=False)
         yield history, chat
 
 
-def test_markdown_has_model_settings_times_and_labelled_reasoning(filled, real_model: dict) -> None:
+def test_markdown_has_model_settings_times_and_labelled_reasoning(filled, real_model: ModelRecord) -> None:
     history, chat = filled
     text = chat_to_markdown(history.chat(chat), history.messages(chat), history.chat_model(chat), SETTINGS)
     assert text.startswith("# Chest pain | on exertion\n")
-    assert f"**Name:** {real_model['name']}" in text
-    assert f"`{real_model['sha256']}`" in text
-    assert f"{real_model['quantization']} ({real_model['bits_per_weight']:.2f} bits per weight)" in text
-    assert real_model["file"] in text
+    assert f"**Name:** {real_model.name}" in text
+    assert f"`{real_model.sha256}`" in text
+    assert f"{real_model.quantization} ({real_model.bits_per_weight:.2f} bits per weight)" in text
+    assert str(real_model.file) in text
     assert "**temperature:** 0.6" in text and "**preset:** medical-cot-270m" in text
     assert "Not for clinical use" in text
     summary = history.chat(chat)
@@ -75,17 +76,18 @@ def test_markdown_has_model_settings_times_and_labelled_reasoning(filled, real_m
     assert text.index("### You ·") < text.index("### Model ·")
 
 
-def test_json_has_everything_a_program_needs(filled, real_model: dict) -> None:
+def test_json_has_everything_a_program_needs(filled, real_model: ModelRecord) -> None:
     history, chat = filled
     document = json.loads(chat_to_json(history.chat(chat), history.messages(chat), history.chat_model(chat), SETTINGS))
     assert document["format"] == "medgemma-edge-chat" and document["version"] == 1
     assert document["title"] == "Chest pain | on exertion"
     model = document["model"]
-    assert model["name"] == real_model["name"]
-    assert model["file"] == real_model["file"]
-    assert model["sha256"] == real_model["sha256"]
-    assert model["quantization"] == real_model["quantization"]
-    assert model["bits_per_weight"] == pytest.approx(real_model["bits_per_weight"])
+    assert model["name"] == real_model.name
+    assert model["file"] == real_model.file
+    assert model["sha256"] == real_model.sha256
+    assert model["quantization"] == real_model.quantization
+    assert model["bits_per_weight"] == pytest.approx(real_model.bits_per_weight)
+    assert model["context_length"] == real_model.context_length and model["architecture"] == "gemma3"
     assert document["settings"] == SETTINGS
     messages = document["messages"]
     assert [m["role"] for m in messages] == ["user", "model", "user", "model"]
@@ -144,4 +146,5 @@ def test_an_empty_chat_without_a_model_record_exports(tmp_path: Path) -> None:
         export_chat(history, chat, tmp_path / "empty.md", "markdown")
         export_chat(history, chat, tmp_path / "empty.json", "json")
     assert "(not recorded)" in (tmp_path / "empty.md").read_text()
-    assert json.loads((tmp_path / "empty.json").read_text())["messages"] == []
+    document = json.loads((tmp_path / "empty.json").read_text())
+    assert document["messages"] == [] and document["model"]["name"] is None and document["model"]["sha256"] is None

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from medgemma_desktop.history import MIGRATIONS, History, StreamingMessageWriter
+from medgemma_desktop.history import MIGRATIONS, History, ModelRecord, StreamingMessageWriter
 from medgemma_models.errors import MedGemmaError, StoreError
 
 
@@ -83,7 +83,7 @@ def test_a_file_that_is_not_a_database_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_chats_are_listed_newest_first_and_renamed(db: History) -> None:
-    first = db.create_chat("First", model={"name": "gemma-3-270m"}, settings={"temperature": 0.2})
+    first = db.create_chat("First", model=ModelRecord(name="gemma-3-270m"), settings={"temperature": 0.2})
     second = db.create_chat("Second")
     assert [c.id for c in db.chats()] == [second, first]
     db.add_message(first, "user", "a new message moves the chat to the top")
@@ -96,9 +96,24 @@ def test_chats_are_listed_newest_first_and_renamed(db: History) -> None:
     assert db.chat_settings(first) == {"temperature": 0.2}
     db.set_chat_settings(first, {"temperature": 0.9, "think": False})
     assert db.chat_settings(first) == {"temperature": 0.9, "think": False}
-    db.set_chat_model(second, {"name": "other"})
+    db.set_chat_model(second, ModelRecord(name="other"))
     assert db.chat(second).model_name == "other"
-    assert db.chat_model(second) == {"name": "other"}
+    assert db.chat_model(second) == ModelRecord(name="other")
+
+
+def test_a_model_record_with_bad_stored_values_reads_them_as_not_recorded(db: History) -> None:
+    chat = db.create_chat("Stored by something else")
+    stored = ('{"name": ["not", "a", "name"], "file": "/models/m.gguf", "sha256": 7, "quantization": "",'
+              ' "file_type": "Q8_0", "bits_per_weight": true, "context_length": -5, "adapters": {"a": 1}}')
+    with sqlite3.connect(db.path) as raw:
+        raw.execute("UPDATE chats SET model = ? WHERE id = ?", (stored, chat))
+    raw.close()
+    assert db.chat_model(chat) == ModelRecord(file="/models/m.gguf", quantization="Q8_0")
+    assert db.chat(chat).model_name is None
+    with sqlite3.connect(db.path) as raw:
+        raw.execute("UPDATE chats SET model = '[1, 2]' WHERE id = ?", (chat,))
+    raw.close()
+    assert db.chat_model(chat) == ModelRecord() and ModelRecord().to_dict() == {}
 
 
 def test_search_matches_title_or_text_in_any_case(db: History) -> None:

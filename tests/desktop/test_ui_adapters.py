@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from adapter_files import write_adapter
+from adapter_files import write_adapter_set
 from medgemma_desktop.engine import Engine
 from medgemma_desktop.generation import AdapterUse
 from medgemma_desktop.library import DEMO_TITLE, model_key
@@ -22,13 +22,7 @@ from tests.support.window_steps import FAST_SETTINGS, LOAD_TIMEOUT_MS, send
 
 @pytest.fixture(scope="module")
 def adapters(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    folder = tmp_path_factory.mktemp("window-adapters")
-    return {
-        "cot": write_adapter(folder / "cot.gguf", name="test cot", preset="medical-cot-270m"),
-        "1b": write_adapter(folder / "wide.gguf", shapes={"attn_q": (1152, 1024)}, layers=2),
-        "gemma2": write_adapter(folder / "g2.gguf", arch="gemma2", base=None, layers=2),
-        "llama": write_adapter(folder / "llama.gguf", arch="llama", layers=2),
-    }
+    return write_adapter_set(tmp_path_factory.mktemp("window-adapters"))
 
 
 class RecordingEngine(Engine):

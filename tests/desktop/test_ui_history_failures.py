@@ -20,7 +20,7 @@ from medgemma_desktop.history import History, HistoryWriteError
 from medgemma_desktop.session import UNSAVED_TITLE
 from medgemma_desktop.ui.main_window import NOTICE_SETTING
 from medgemma_models.store import history_path
-from ui_support import ANSWER_TIMEOUT_MS, FAST_SETTINGS
+from tests.support.window_steps import ANSWER_TIMEOUT_MS, FAST_SETTINGS
 
 GARBAGE = b"this is not a database, it is a damaged file " * 200
 

@@ -18,7 +18,7 @@ from medgemma_desktop.history import History
 from medgemma_models.gguf_info import MAX_NAME_CHARS, read_model_info
 from medgemma_models.provenance import Provenance
 from medgemma_models.store import history_path
-from tests.support.window_steps import FAST_SETTINGS, LOAD_TIMEOUT_MS, load_model, send
+from tests.support.window_steps import FAST_SETTINGS, LOAD_TIMEOUT_MS, send
 
 pytestmark = pytest.mark.slow
 

@@ -3,10 +3,13 @@
 The conversion runs in its own process so the window never imports torch and a failing
 conversion cannot take the chat down. Before starting, a tiny child checks that the convert
 extra is installed (with `importlib.util.find_spec`, so nothing heavy is imported here).
+A bundle has no Python to run it with: there Convert… uses a `medgemma-convert` found on the PATH,
+or explains how to install one.
 """
 
 from __future__ import annotations
 
+import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -41,6 +44,14 @@ from medgemma_models.report import ConversionReport
 from medgemma_models.store import home, models_dir
 
 INSTALL_HINT = "pip install 'medgemma-edge[convert]'"
+CONVERTER = "medgemma-convert"
+NO_CONVERTER_IN_BUNDLE = (
+    "Converting needs the conversion tools, which this app does not include. Install them with: "
+    'pip install "medgemma-edge[convert]" (Python 3.10 or newer); Convert… then uses the '
+    "medgemma-convert command it finds on the PATH.")
+# PyInstaller's bootloader puts the bundle's own libraries first on LD_LIBRARY_PATH and keeps the
+# user's value in LD_LIBRARY_PATH_ORIG; a converter from the user's Python must not load ours.
+LIBRARY_PATH = "LD_LIBRARY_PATH"
 CHECK_CODE = (
     "import importlib.util, sys\n"
     "missing = [m for m in ('torch', 'transformers', 'peft', 'safetensors', 'medgemma_convert')"
@@ -60,6 +71,20 @@ def absolute(source: str) -> str:
     """A path typed in the form, made absolute against the launch folder (the child runs elsewhere);
     a hub id stays as it is."""
     return source if source.startswith(HUB_PREFIX) or not source else str(Path(source).expanduser().absolute())
+
+
+def in_bundle() -> bool:
+    """Running from a PyInstaller bundle, where sys.executable is the app itself, not a Python."""
+    return bool(getattr(sys, "frozen", False))
+
+
+def converter_command(python: str) -> list[str] | None:
+    """How to start medgemma-convert: `python -m medgemma_convert`, or from a bundle the command on
+    the PATH (None: a bundle and no such command)."""
+    if not in_bundle():
+        return [python, *ISOLATED, "-m", "medgemma_convert"]
+    found = shutil.which(CONVERTER)
+    return [found] if found else None
 
 
 def convert_arguments(base: str, adapters: list[tuple[str, float]], out: str, quants: list[str],
@@ -97,6 +122,7 @@ class ConvertDialog(QDialog):
         self._stderr = ""
         self._stdout_buffer = ""
         self._process: QProcess | None = None
+        self._command: list[str] = []  # how the conversion starts, from converter_command()
 
         self.base = QLineEdit(self)
         self.base.setAccessibleName("Base model: folder, hub id or GGUF file")
@@ -236,6 +262,12 @@ class ConvertDialog(QDialog):
         env = QProcessEnvironment.systemEnvironment()
         for name, value in OFFLINE_ENV.items():
             env.insert(name, value)
+        if in_bundle():
+            saved = LIBRARY_PATH + "_ORIG"
+            if env.contains(saved):
+                env.insert(LIBRARY_PATH, env.value(saved))
+            else:
+                env.remove(LIBRARY_PATH)
         process.setProcessEnvironment(env)
         process.setWorkingDirectory(str(home()))  # a folder of the app's, not wherever it was launched
         return process
@@ -250,7 +282,15 @@ class ConvertDialog(QDialog):
         self.outputs = []
         self.report = None
         self.log.clear()
+        command = converter_command(self.python)
+        if command is None:
+            self._fail(NO_CONVERTER_IN_BUNDLE)
+            return
+        self._command = command
         self.start_button.setEnabled(False)
+        if in_bundle():  # the command found on the PATH runs on its own Python: nothing to check here
+            self._run_conversion()
+            return
         self.stage.setText("Checking the conversion tools…")
         check = self._child()
         check.finished.connect(self._on_checked)
@@ -281,7 +321,8 @@ class ConvertDialog(QDialog):
         self.stage.setText("Starting…")
         args = self.arguments()
         self.log.appendPlainText("$ medgemma-convert " + " ".join(args[2:]))
-        process.start(self.python, [*ISOLATED, *args])
+        program, *prefix = self._command
+        process.start(program, [*prefix, *args[2:]])  # the form's arguments, after "-m medgemma_convert"
 
     @Slot()
     def cancel(self) -> None:

@@ -19,6 +19,7 @@ from ..generation import EngineLike, GenerationRequest
 from ..history import History
 from ..library import ModelLibrary
 from ..session import ChatSession
+from .about_dialog import HelpMenu
 from .chat_presenter import ChatPresenter
 from .chat_view import ChatView
 from .composer import Composer
@@ -74,6 +75,7 @@ class MainWindow(QMainWindow):
         for signal, slot in ((self.models.state_changed, self._update_enabled), (self.models.model_loaded, self.model_loaded),
                              (QShortcut(QKeySequence.StandardKey.Open, self).activated, self.models.ask_open_model)):
             signal.connect(slot)
+        self.help = HelpMenu(self)
         self.chats.refresh_chats()
         self.models.refresh_models()
         self.composer.setEnabled(self.notice_acknowledged())
