@@ -8,16 +8,18 @@ transformers and peft; `--no-verify` skips it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import signal
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from medgemma_models.errors import MedGemmaError
 from medgemma_models.quants import TENSOR_TYPES
+from medgemma_models.report import OutputRecord
 
 from . import __version__
 from .progress import JsonLines, Progress, ProgressEvent, TextBar, no_progress
@@ -152,6 +154,28 @@ def _stopping(progress: Progress) -> Progress:
     return report
 
 
+def _print_warnings(warnings: Sequence[str]) -> None:
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+
+
+def _figures(output: OutputRecord) -> str:
+    """'  kld_mean=…  top1=…' of a verified output, '' of an unverified one."""
+    figures = output.verification or {}
+    return "".join(f"  {k}={v:.4g}" for k, v in figures.items() if isinstance(v, (int, float)))
+
+
+@contextlib.contextmanager
+def _progress(args: argparse.Namespace, json_lines: JsonLines | None) -> Iterator[Progress]:
+    """Where --progress sends the reports (a text bar is closed at the end); SIGTERM stops at the next one."""
+    bar = TextBar() if args.progress == "bar" else None
+    try:
+        yield _stopping(json_lines or bar or no_progress)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
 def _main(args: list[str]) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     # gguf-py warns about tokenizer.json details that llama.cpp's converter ignores as well.
@@ -222,39 +246,24 @@ def _lora(args: argparse.Namespace, json_lines: JsonLines | None) -> None:
         eval_text=args.eval_text.absolute() if args.eval_text else None, preset=args.preset, name=args.name,
         force=args.force,
     )
-    bar = TextBar() if args.progress == "bar" else None
-    progress = _stopping(json_lines or bar or no_progress)
-    try:
+    with _progress(args, json_lines) as progress:
         the_plan = plan_lora(options)
-        for warning in the_plan.warnings:
-            print(f"warning: {warning}", file=sys.stderr)
+        _print_warnings(the_plan.warnings)
         report = export_lora(the_plan, progress)
-    finally:
-        if bar is not None:
-            bar.close()
     if json_lines is not None:
         json_lines.emit(ProgressEvent.finished(report))
         return
     output = report.outputs[0]
-    line = f"{output.path}  adapter {output.file_type}  {output.bytes:,} bytes  alpha {report.extra['adapter']['alpha']:g}"
-    figures = output.verification
-    if figures:
-        line += "  " + "  ".join(f"{k}={v:.4g}" for k, v in figures.items() if isinstance(v, (int, float)))
-    print(line)
+    alpha = report.extra["adapter"]["alpha"]
+    print(f"{output.path}  adapter {output.file_type}  {output.bytes:,} bytes  alpha {alpha:g}{_figures(output)}")
 
 
 def _export_hf(args: argparse.Namespace, json_lines: JsonLines | None) -> None:
     from .export_hf import export_hf
 
-    bar = TextBar() if args.progress == "bar" else None
-    progress = _stopping(json_lines or bar or no_progress)
-    try:
+    with _progress(args, json_lines) as progress:
         result = export_hf(args.model.absolute(), args.out.absolute(), args.dtype, args.force, progress)
-    finally:
-        if bar is not None:
-            bar.close()
-    for warning in result.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
+    _print_warnings(result.warnings)
     if json_lines is not None:
         json_lines.emit({"stage": "done", "folder": str(result.folder), "tensors": result.tensors,
                          "warnings": list(result.warnings)})
@@ -279,24 +288,14 @@ def _convert(args: argparse.Namespace, json_lines: JsonLines | None) -> None:
         save_imatrix=args.save_imatrix.absolute() if args.save_imatrix else None,
         output_type=args.output_type, embedding_type=args.embedding_type, tensor_types=args.tensor_type,
     )
-    bar = TextBar() if args.progress == "bar" else None
-    progress = _stopping(json_lines or bar or no_progress)
-    try:
+    with _progress(args, json_lines) as progress:
         the_plan = plan(options, progress)
-        for warning in the_plan.warnings:
-            print(f"warning: {warning}", file=sys.stderr)
+        _print_warnings(the_plan.warnings)
         from .pipeline import convert  # llama.cpp loads here
 
         report = convert(the_plan, progress)
-    finally:
-        if bar is not None:
-            bar.close()
     if json_lines is not None:
         json_lines.emit(ProgressEvent.finished(report))
         return
     for output in report.outputs:
-        line = f"{output.path}  {output.file_type}  {output.bytes:,} bytes  {output.bits_per_weight:.2f} bpw"
-        figures = output.verification
-        if figures:
-            line += "  " + "  ".join(f"{k}={v:.4g}" for k, v in figures.items() if isinstance(v, (int, float)))
-        print(line)
+        print(f"{output.path}  {output.file_type}  {output.bytes:,} bytes  {output.bits_per_weight:.2f} bpw{_figures(output)}")

@@ -13,8 +13,6 @@ import contextlib
 import ctypes
 import os
 import re
-import shutil
-import struct
 import threading
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, wait
@@ -234,43 +232,11 @@ def untie(source: Path, target: Path) -> None:
     """Copy the GGUF `source` to `target` with a separate `output.weight`, a copy of `token_embd.weight`.
 
     llama.cpp quantizes a tied embedding to one type for both uses; a separate output matrix can
-    take a faster type while the embedding keeps its own. The header gains one tensor entry and
-    the data one tensor at the end; everything else is copied as bytes.
+    take a faster type while the embedding keeps its own.
     """
-    import gguf
+    from .stamp import add_output_matrix
 
-    reader = gguf.GGUFReader(source)
-    by_name = {t.name: t for t in reader.tensors}
-    if "output.weight" in by_name:
-        shutil.copyfile(source, target)
-        return
-    embedding = by_name["token_embd.weight"]
-    infos_end = max(t.field.offset + sum(int(p.nbytes) for p in t.field.parts) for t in reader.tensors)
-    data_size = os.path.getsize(source) - reader.data_offset
-    new_offset = _aligned(data_size, reader.alignment)
-    # The tensor entry: name, then dimensions and type as the embedding's, then its data offset.
-    parts = embedding.field.parts
-    name = b"output.weight"
-    entry = (struct.pack("<Q", len(name)) + name + b"".join(bytes(p) for p in parts[2:-1])
-             + struct.pack("<Q", new_offset))
-    with open(source, "rb") as src, open(target, "wb") as out:
-        header = src.read(infos_end)
-        (n_tensors,) = struct.unpack_from("<Q", header, 8)
-        out.write(header[:8] + struct.pack("<Q", n_tensors + 1) + header[16:] + entry)
-        out.write(b"\0" * (_aligned(out.tell(), reader.alignment) - out.tell()))
-        src.seek(reader.data_offset)
-        shutil.copyfileobj(src, out, 16 * 1024 * 1024)
-        out.write(b"\0" * (new_offset - data_size))
-        src.seek(embedding.data_offset)
-        remaining = int(embedding.n_bytes)
-        while remaining:
-            block = src.read(min(remaining, 16 * 1024 * 1024))
-            out.write(block)
-            remaining -= len(block)
-
-
-def _aligned(n: int, alignment: int) -> int:
-    return (n + alignment - 1) // alignment * alignment
+    add_output_matrix(source, target)
 
 
 @dataclass

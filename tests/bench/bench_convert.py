@@ -217,7 +217,7 @@ def bench(title: str, base: Path, adapter: Path, work: Path, converter: Path, ve
 
 
 def lora(base: Path, out: Path) -> Path:
-    """A random LoRA r=8 on all seven projections, as the lora_270m fixture makes (tests/convert/real_fixtures.py)."""
+    """A random LoRA r=8 on all seven projections, as the lora_270m fixture makes (tests/support/real_fixtures.py)."""
     return make_adapter(base, out, targets=ALL_PROJECTIONS, r=8, alpha=16, seed=8, size=0.1)
 
 

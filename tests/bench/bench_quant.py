@@ -160,14 +160,20 @@ SWEEP = [
       for o in ("q4_0", "q4_1", "iq4_nl", "q5_0") for imx in (False, True)],
     ("q4_k_m out=q4_0 emb=q8_0 +imx", "q4_k_m", "q4_0", "q8_0", True),
     ("q5_k_m out=q4_0 +imx", "q5_k_m", "q4_0", "q4_0", True),
+    ("q5_k_m out=iq4_nl", "q5_k_m", "iq4_nl", "iq4_nl", False),
     ("q5_k_m out=iq4_nl +imx", "q5_k_m", "iq4_nl", "iq4_nl", True),
     ("q6_k out=q4_0 +imx", "q6_k", "q4_0", "q4_0", True),
     ("q6_k out=iq4_nl +imx", "q6_k", "iq4_nl", "iq4_nl", True),
     ("q4_0 out=q4_0 +imx", "q4_0", "q4_0", "q4_0", True),
+    # Untied: the embedding's lookups keep Q8_0 (file size only), the output matrix goes to 4 bits.
+    *[(f"{rest} out=iq4_nl emb=q8_0{' +imx' if imx else ''}", rest, "iq4_nl", "q8_0", imx)
+      for rest in ("q4_k_m", "q5_k_m") for imx in (False, True)],
+    ("q6_k out=iq4_nl emb=q8_0 +imx", "q6_k", "iq4_nl", "q8_0", True),
+    ("q5_k_m out=q4_0 emb=q8_0 +imx", "q5_k_m", "q4_0", "q8_0", True),
 ]
 
 
-def sweep(work: Path, tokens: int, rounds: int, kld_tokens: int, table: Path | None) -> int:
+def sweep(work: Path, tokens: int, rounds: int, kld_tokens: int, table: Path | None, only: list[str]) -> int:
     from medgemma_convert.imatrix import calibration_texts, compute_imatrix, read_imatrix, write_imatrix
     from medgemma_convert.quantize import QuantRecipe, quantize, untie
     from medgemma_models.quants import LLAMA_FTYPES
@@ -186,6 +192,8 @@ def sweep(work: Path, tokens: int, rounds: int, kld_tokens: int, table: Path | N
     importance = read_imatrix(saved).importance()
     variants = []
     for name, ftype, output, embedding, imx in SWEEP:
+        if only and name not in only:
+            continue
         recipe = QuantRecipe(LLAMA_FTYPES[ftype], output, embedding)
         path = work / "sweep" / (name.replace(" ", "_").replace("=", "-").replace("+", "") + ".gguf")
         if not path.is_file():
@@ -220,12 +228,13 @@ def main() -> int:
     parser.add_argument("--kld-tokens", type=int, default=320, help="tokens of the held-out text for KLD")
     parser.add_argument("--sweep", action="store_true", help="measure every recipe of the sweep instead")
     parser.add_argument("--table", type=Path, help="with --sweep: write the Markdown table here")
+    parser.add_argument("--only", action="append", default=[], metavar="NAME", help="with --sweep: these variants only")
     args, _ = parser.parse_known_args()  # run_all.py passes its own arguments on to every benchmark
     go_offline()
     with tempfile.TemporaryDirectory(prefix="medgemma-bench-quant-") as tmp:
         work = args.work or Path(tmp)
         if args.sweep:
-            return sweep(work, args.tokens, args.rounds, args.kld_tokens, args.table)
+            return sweep(work, args.tokens, args.rounds, args.kld_tokens, args.table, args.only)
         return done_when(work, args.tokens, args.rounds, args.kld_tokens)
 
 

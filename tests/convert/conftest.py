@@ -6,7 +6,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from tests.support.tiny import ALL_PROJECTIONS, gemma2_config, gemma3_config, make_adapter, make_model, train_tokenizer
+from tests.support.tiny import (
+    ALL_PROJECTIONS, TEST_TEXT, gemma2_config, gemma3_config, make_adapter, make_model, train_tokenizer,
+)
 
 # name -> (targets, make_adapter keyword arguments); every adapter exists for both architectures.
 ADAPTERS = {
@@ -50,11 +52,18 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> TinyModels:
     return TinyModels(tokenizer, bases, adapters)
 
 
+@pytest.fixture
+def out_dir(tmp_path: Path) -> Path:
+    """An empty folder for a conversion's outputs (a refused one must leave it empty)."""
+    folder = tmp_path / "out"
+    folder.mkdir()
+    return folder
+
+
 @pytest.fixture(scope="session")
 def token_ids(tiny: TinyModels) -> list[int]:
     """The test text as the tiny tokenizer encodes it, after one BOS."""
     import sentencepiece as spm
-    from tiny import TEST_TEXT
 
     sp = spm.SentencePieceProcessor(model_file=str(tiny.tokenizer / "tokenizer.model"))
     return [2, *sp.encode(TEST_TEXT)]

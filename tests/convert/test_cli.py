@@ -118,7 +118,7 @@ def test_bar_progress_goes_to_stderr(tiny, tmp_path):
 
 
 def test_verify_reports_figures_for_each_output(tiny, tmp_path):
-    from tiny import TEST_TEXT
+    from tests.support.tiny import TEST_TEXT
 
     text = tmp_path / "eval.txt"
     text.write_text(TEST_TEXT * 3, encoding="utf-8")

@@ -135,8 +135,13 @@ def test_the_app_ending_mid_conversion_cancels_it_and_cleans_up_without_asking(q
     dialog.out.setText(str(out / "tiny.gguf"))
     dialog.ask = lambda title, question: pytest.fail("the app ending (logout, run_app's exit) asks nothing")
     ended: list[bool] = []
-    dialog.progress_changed.connect(lambda stage, done, total: stage.startswith("export") and not ended
-                                    and (window.shutdown(), ended.append(True)))
+
+    def end_the_app(stage: str, done: int, total: int) -> None:
+        if stage.startswith("export") and not ended:
+            window.shutdown()
+            ended.append(True)
+
+    dialog.progress_changed.connect(end_the_app)
     dialog.start()
     qtbot.waitUntil(lambda: bool(ended), timeout=180_000)
     history.close()

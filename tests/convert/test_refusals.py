@@ -20,13 +20,6 @@ from medgemma_convert.plan import plan
 from medgemma_models.errors import MedGemmaError
 
 
-@pytest.fixture
-def out_dir(tmp_path: Path) -> Path:
-    folder = tmp_path / "out"
-    folder.mkdir()
-    return folder
-
-
 def run(base: Path | str, out: Path, adapters: list[str] = (), quant: str = "f32", **kwargs) -> dict:
     options = ConversionOptions.create(base=str(base), out=out, adapters=[str(a) for a in adapters], quant=quant, **kwargs)
     return convert(plan(options))
@@ -68,18 +61,14 @@ def test_adapter_shapes_that_do_not_fit(tiny, out_dir, tmp_path):
     assert "(4, 96)" in message and "(64, 64)" in message
 
 
-def test_adapter_targeting_a_module_the_base_lacks(tiny, out_dir, tmp_path):
+@pytest.mark.parametrize(("old", "new", "missing"), [
+    ("layers.0.self_attn.q_proj", "layers.0.self_attn.qkv_proj", "model.layers.0.self_attn.qkv_proj"),  # a module
+    ("layers.5.", "layers.9.", "model.layers.9.self_attn.q_proj"),  # a layer past the base's last
+], ids=["module", "layer"])
+def test_adapter_targeting_what_the_base_lacks(tiny, out_dir, tmp_path, old, new, missing):
     adapter = copy_adapter(tiny.adapter("gemma3", "qv"), tmp_path / "odd")
-    rename_tensors(adapter, "layers.0.self_attn.q_proj", "layers.0.self_attn.qkv_proj")
-    assert_refused("targets model.layers.0.self_attn.qkv_proj, which the base does not have",
-                   tiny.base("gemma3"), out_dir, [adapter])
-
-
-def test_adapter_with_more_layers_than_the_base(tiny, out_dir, tmp_path):
-    adapter = copy_adapter(tiny.adapter("gemma3", "qv"), tmp_path / "deep")
-    rename_tensors(adapter, "layers.5.", "layers.9.")
-    assert_refused("targets model.layers.9.self_attn.q_proj, which the base does not have",
-                   tiny.base("gemma3"), out_dir, [adapter])
+    rename_tensors(adapter, old, new)
+    assert_refused(f"targets {missing}, which the base does not have", tiny.base("gemma3"), out_dir, [adapter])
 
 
 def test_adapter_made_for_another_architecture(tiny, out_dir, tmp_path):

@@ -26,13 +26,6 @@ ADAPTER_KEY = f"base_model.model.{Q_PROJ}"
 
 
 @pytest.fixture
-def out_dir(tmp_path: Path) -> Path:
-    folder = tmp_path / "out"
-    folder.mkdir()
-    return folder
-
-
-@pytest.fixture
 def base(tiny, tmp_path: Path) -> Path:
     """A private copy of the tiny Gemma-3 base, free to be damaged."""
     return Path(shutil.copytree(tiny.base("gemma3"), tmp_path / "base"))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import gguf
 import numpy as np
-from tests.support.tiny import TEST_TEXT, kld, llama_logits, reference_logits, write_json
+from tests.support.tiny import TEST_TEXT, gemma3_config, kld, llama_logits, make_model, reference_logits, write_json
 
 from medgemma_convert.options import ConversionOptions
 from medgemma_convert.pipeline import convert
@@ -112,8 +112,6 @@ def test_gguf_base_with_adapter(tiny, token_ids, tmp_path):
 
 
 def test_rope_parameters_of_transformers_5_with_other_bases(tiny, token_ids, tmp_path):
-    from tiny import gemma3_config, make_model
-
     config = gemma3_config()
     for key in ("rope_theta", "rope_local_base_freq", "rope_scaling"):
         config.pop(key)

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from adapter_files import write_adapter
 from medgemma_desktop.adapters import read_adapter
 from medgemma_desktop.engine import OffloadReport
 from medgemma_desktop.generation import AdapterUse, Loaded
@@ -25,6 +24,8 @@ from medgemma_desktop.library import (
 from medgemma_desktop.settings import ChatSettings, LoadSettings
 from medgemma_models.catalog import DEFAULT_PRESET
 from medgemma_models.gguf_info import read_model_info
+
+from tests.support.adapter_files import write_adapter
 
 # The 1B's attention shapes: an adapter made for another model size.
 SHAPES_1B = {"attn_q": (1152, 1024), "attn_v": (1152, 256)}

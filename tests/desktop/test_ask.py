@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 
-from adapter_files import write_adapter_set
 from medgemma_desktop.ask import Asker
 from medgemma_desktop.engine import Engine
 from medgemma_desktop.generation import AdapterUse, LoadFailed, LoadRequest, open_model
@@ -23,6 +22,8 @@ from medgemma_desktop.settings import LoadOptions
 from medgemma_models.catalog import get_preset
 from medgemma_models.prompt import THINK_OFF_PREFIX
 from medgemma_models.store import demo_adapter
+
+from tests.support.adapter_files import write_adapter_set
 
 QUESTION = "What are the first-line treatments for type 2 diabetes?"
 GREEDY = {"temperature": 0.0, "max_tokens": 24}

@@ -20,6 +20,7 @@ from medgemma_desktop.history import History, Message
 from medgemma_desktop.session import ChatSession, SessionListener, chat_title, meta_text
 from medgemma_desktop.settings import ChatSettings, LoadOptions, LoadSettings
 from medgemma_models.gguf_info import read_model_info
+from tests.support.chats import long_case_chat
 from tests.support.scripted_engine import THINK_SCRIPT, ScriptedEngine, reasoning_pieces, script_reasoning
 
 REASONING_TEXT, ANSWER_TEXT = script_reasoning(THINK_SCRIPT)
@@ -164,11 +165,7 @@ def test_edit_and_resend_replaces_the_last_question(db: History, gemma_270m: Pat
 def test_context_overflow_leaves_out_early_turns_and_says_so(db: History, gemma_270m: Path) -> None:
     session, seen = make_session(db, gemma_270m, engine=ScriptedEngine(script=["Summary."], n_ctx=512),
                                  settings={"preset": "gemma-chat", "max_tokens": 16})
-    filler = "The patient reports intermittent chest discomfort after climbing stairs. " * 6
-    chat = db.create_chat("Long case")
-    for turn in range(4):
-        db.add_message(chat, "user", f"Case note {turn}: {filler}")
-        db.add_message(chat, "model", f"Noted {turn}: {filler}")
+    chat = long_case_chat(db)
     session.open_chat(chat)
     assert seen.kinds()[:1] == ["cleared"] and seen.kinds().count("shown") == 8
     session.send("Summarise the case.")

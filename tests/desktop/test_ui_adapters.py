@@ -10,13 +10,13 @@ from typing import Any
 
 import pytest
 
-from adapter_files import write_adapter_set
 from medgemma_desktop.engine import Engine
 from medgemma_desktop.generation import AdapterUse
 from medgemma_desktop.library import DEMO_TITLE, model_key
 from medgemma_desktop.settings import GenerationSettings
 from medgemma_desktop.ui.main_window import MainWindow
 from medgemma_models.store import demo_adapter
+from tests.support.adapter_files import write_adapter_set
 from tests.support.window_steps import FAST_SETTINGS, LOAD_TIMEOUT_MS, send
 
 

@@ -10,6 +10,7 @@ from PySide6.QtWidgets import QMessageBox
 
 from medgemma_models.files import sha256_file
 from medgemma_desktop.history import History
+from tests.support.chats import long_case_chat
 from tests.support.window_steps import ANSWER_TIMEOUT_MS, FAST_SETTINGS, LOAD_TIMEOUT_MS, load_model, send
 
 pytestmark = pytest.mark.slow
@@ -147,11 +148,7 @@ def test_model_and_settings_are_remembered_per_file(qtbot, make_window, history:
 def test_context_overflow_leaves_out_early_turns_and_says_so(qtbot, make_window, history: History) -> None:
     window = make_window(settings={**FAST_SETTINGS, "n_ctx": 512})
     assert window.library.current.n_ctx == 512
-    filler = "The patient reports intermittent chest discomfort after climbing stairs. " * 6
-    chat = history.create_chat("Long case")
-    for turn in range(4):
-        history.add_message(chat, "user", f"Case note {turn}: {filler}")
-        history.add_message(chat, "model", f"Noted {turn}: {filler}")
+    chat = long_case_chat(history)
     window.chats.open_chat(chat)
     assert not window.chat_view.dropped_notice.isVisibleTo(window.chat_view.widget())
     send(qtbot, window, "Summarise the case.")

@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 from PySide6.QtCore import Qt
 
-from gguf_rewrite import rewrite_keys
 from medgemma_desktop.generation import COULD_NOT_LOAD
 from medgemma_desktop.history import History
 from medgemma_models.gguf_info import MAX_NAME_CHARS, read_model_info
 from medgemma_models.provenance import Provenance
 from medgemma_models.store import history_path
+from tests.support.gguf_rewrite import rewrite_keys
 from tests.support.window_steps import FAST_SETTINGS, LOAD_TIMEOUT_MS, send
 
 pytestmark = pytest.mark.slow

@@ -32,6 +32,7 @@ from ..progress import Progress, TextBar
 from .dataset import DATA_DIR, Example, load_items, training_examples
 from .loss_plot import write_loss_png
 
+LOSS_WINDOW = 50
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -69,8 +70,8 @@ class TrainSummary:
     seconds: float
     cpu_seconds: float  # on a shared machine the wall time overstates what two free cores need
     tokens_per_second: float
-    first_loss: float
-    final_loss: float  # mean of the last epoch's (or last 50 steps') losses
+    first_loss: float  # mean of the first LOSS_WINDOW steps (one step is one sequence: single losses are noisy)
+    final_loss: float  # mean of the last LOSS_WINDOW steps
     seed: int
     learning_rate: float
     rank: int
@@ -195,14 +196,13 @@ def _train(options: TrainOptions, progress: Progress) -> TrainSummary:
 
     _save_adapter(peft_model, options.out / "adapter")
     write_loss_png(losses, options.out / "loss.png", steps_per_epoch=len(examples))
-    last = losses[-len(examples):] if total >= len(examples) else losses[-50:]
+    first, last = losses[:LOSS_WINDOW], losses[-LOSS_WINDOW:]
     summary = TrainSummary(
         steps=total, epochs=options.epochs, train_items=len(examples),
         think_off_items=sum(not e.think for e in examples), tokens=tokens, answer_tokens=answer_tokens,
         seconds=round(seconds, 1), cpu_seconds=round(cpu_seconds, 1), tokens_per_second=round(tokens / seconds, 1),
-        first_loss=round(losses[0], 4),
-        final_loss=round(sum(last) / len(last), 4), seed=options.seed, learning_rate=options.learning_rate,
-        rank=options.rank, alpha=options.alpha,
+        first_loss=round(sum(first) / len(first), 4), final_loss=round(sum(last) / len(last), 4), seed=options.seed,
+        learning_rate=options.learning_rate, rank=options.rank, alpha=options.alpha,
     )
     (options.out / "summary.json").write_text(json.dumps(asdict(summary), indent=2) + "\n", encoding="utf-8")
     return summary

@@ -1,0 +1,16 @@
+"""Chats written straight into a history, for tests that open an existing conversation."""
+
+from __future__ import annotations
+
+from medgemma_desktop.history import History
+
+CASE_NOTE = "The patient reports intermittent chest discomfort after climbing stairs. " * 6
+
+
+def long_case_chat(history: History, turns: int = 4) -> int:
+    """A chat of `turns` long question/answer pairs: more than a 512-token context holds."""
+    chat = history.create_chat("Long case")
+    for turn in range(turns):
+        history.add_message(chat, "user", f"Case note {turn}: {CASE_NOTE}")
+        history.add_message(chat, "model", f"Noted {turn}: {CASE_NOTE}")
+    return chat
