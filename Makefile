@@ -38,7 +38,14 @@ LLAMA_CPP_SPEC ?= llama-cpp-python==0.3.36
 
 STAMP := $(VENV)/.installed-$(LLAMA_BACKEND)
 
-.PHONY: run test bench screenshot install clean-venv
+.PHONY: run test bench screenshot install system-deps bundle bundle-launch-time clean-venv
+
+# Debian packages some tests use: strace (the offline proof), dpkg-dev and desktop-file-utils (the
+# .deb), librsvg2-bin (icons), xvfb/xauth/xdotool and Qt's xcb libraries (a real window). Installed
+# when we are root with apt-get; elsewhere the tests that need them skip and say which is missing.
+SYSTEM_PACKAGES := strace dpkg-dev desktop-file-utils librsvg2-bin xvfb xauth xdotool \
+	libxcb-cursor0 libxcb-icccm4 libxcb-image0 libxcb-keysyms1 libxcb-randr0 libxcb-render-util0 \
+	libxcb-shape0 libxcb-xinerama0 libxcb-xkb1 libxkbcommon-x11-0
 
 install: $(STAMP)
 
@@ -49,21 +56,38 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install --upgrade pip
 	$(PIP) install $(TORCH_INDEX) "$(TORCH_SPEC)"
 	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) install --no-cache-dir --force-reinstall --no-deps "$(LLAMA_CPP_SPEC)"
-	$(PIP) install -e ".[convert,desktop,dev]"
+	$(PIP) install -e ".[convert,desktop,dev,bundle]"
 	rm -f $(VENV)/.installed-*
 	touch $@
 
 run: $(STAMP)
 	$(BIN)/medgemma-desktop
 
-test: $(STAMP)
+system-deps:
+	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	else \
+		echo "note: not installed (the tests that need them will skip):" $$missing; \
+	fi
+
+test: $(STAMP) system-deps
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)
 	$(BIN)/python tests/bench/run_all.py
 
-screenshot: $(STAMP)
-	xvfb-run -a -s "-screen 0 1920x1080x24" $(BIN)/python packaging/screenshot.py
+# The Linux installers in dist/: a one-folder bundle, a .tar.gz and a .deb (packaging/README.md).
+bundle: $(STAMP) system-deps
+	bash packaging/build_linux.sh
+
+# Seconds from launching the bundle to its window being shown, under a virtual display.
+bundle-launch-time: bundle
+	bash packaging/launch_time.sh dist/medgemma-desktop/medgemma-desktop 3
+
+screenshot: $(STAMP) system-deps
+	PYTHONPATH=. xvfb-run -a -s "-screen 0 1920x1080x24" $(BIN)/python packaging/screenshot.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -105,3 +105,22 @@ def test_a_duplicate_id_is_refused(tmp_path: Path) -> None:
     (tmp_path / "part_b.jsonl").write_text(line + "\n", encoding="utf-8")
     with pytest.raises(DemoDataError, match="part_b.jsonl line 1: duplicate id 'a'"):
         load_items(tmp_path)
+
+
+def test_the_shipped_adapter_is_a_gguf_lora_for_the_chain_of_thought_preset() -> None:
+    from importlib import resources
+
+    from gguf import GGUFReader
+
+    data = resources.files("medgemma_models").joinpath("data")
+    for name in ("demo-reasoning-adapter.md", "demo-reasoning-loss.png"):
+        assert data.joinpath(name).is_file(), name
+    with resources.as_file(data.joinpath("demo-reasoning-adapter.gguf")) as path:
+        reader = GGUFReader(path)
+        fields = {key: reader.fields[key].contents() for key in
+                  ("general.type", "general.architecture", "adapter.type", "adapter.lora.alpha", "medgemma.preset")}
+        assert fields == {"general.type": "adapter", "general.architecture": "gemma3", "adapter.type": "lora",
+                          "adapter.lora.alpha": 32.0, "medgemma.preset": "medical-cot-270m"}
+        # lora_a and lora_b of seven projections in each of the 18 layers, rank 16.
+        assert len(reader.tensors) == 2 * 7 * 18
+        assert {int(min(t.shape)) for t in reader.tensors} == {16}
