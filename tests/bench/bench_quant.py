@@ -203,7 +203,7 @@ def sweep(work: Path, tokens: int, rounds: int, kld_tokens: int, table: Path | N
         print(f"  quantized {name}", flush=True)
     measure(variants, f16, kld_tokens, tokens, rounds)
     reference = next(v for v in variants if v.name == "q4_k_m")
-    lines = [f"| variant | MiB | bpw | tok/s | speed vs q4_k_m | mean KLD | p99 KLD | top-1 | Pareto |",
+    lines = ["| variant | MiB | bpw | tok/s | speed vs q4_k_m | mean KLD | p99 KLD | top-1 | Pareto |",
              "|---|---:|---:|---:|---:|---:|---:|---:|:-:|"]
     for v in sorted(variants, key=lambda v: -v.tok_s):
         f = v.figures or {}

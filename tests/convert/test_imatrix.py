@@ -18,14 +18,16 @@ from medgemma_convert.imatrix import (
     ImatrixEntry,
     _chunks,
     compute_imatrix,
+    default_calibration_text,
     read_imatrix,
+    text_sha256,
     write_imatrix,
 )
 from medgemma_convert.options import ConversionOptions
 from medgemma_convert.pipeline import convert
 from medgemma_convert.plan import plan
 from medgemma_convert.quantize import QuantRecipe, quantize
-from medgemma_convert.verify import compare_blocks, gguf_logits, split_chunks, tokenize, with_reference
+from medgemma_convert.verify import compare_blocks, gguf_logits, split_chunks, tokenize
 from medgemma_models.errors import ConversionError
 
 TEXT = " ".join(["The patient has a fever, a cough and pain in the chest when breathing deeply."] * 12)
@@ -189,7 +191,6 @@ def test_cli_imatrix_auto_is_recorded_saved_and_shown(tiny, tmp_path: Path) -> N
 
     record = json.loads(gguf.GGUFReader(out).fields["medgemma.imatrix"].contents())
     matrix = read_imatrix(saved)
-    from medgemma_convert.imatrix import default_calibration_text, text_sha256
     assert record == {"source": "auto", "datasets": ["medgemma:calibration_medical.txt"],
                       "sha256": text_sha256(default_calibration_text()), "tokens": matrix.tokens,
                       "chunks": matrix.chunk_count}

@@ -156,9 +156,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--max-tokens", type=int, default=1024)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--think", choices=("on", "off", "both"), default="both")
-    # On a CPU shared with other work, one thread is several times faster than two: llama.cpp's
-    # threads spin at every barrier and wait for a partner that is not scheduled.
-    p.add_argument("--threads", type=int, default=2)
+    # Measured here: on a CPU shared with other work one thread decoded several times faster than two,
+    # because llama.cpp's threads spin at every barrier waiting for a partner that is not scheduled.
+    p.add_argument("--threads", type=int, default=2, help="llama.cpp threads (use 1 on a busy shared CPU)")
     p.add_argument("--out", type=Path, metavar="RESULTS.json", help="write every output and the counts as JSON")
     args = p.parse_args(argv)
     bar = TextBar()
