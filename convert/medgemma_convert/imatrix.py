@@ -40,7 +40,8 @@ CHUNK_TOKENS = 512
 MIN_BATCH_TOKENS = 16
 # Tokens evaluated per llama_decode. Every position asks for logits, so that no layer drops rows
 # (llama.cpp keeps only the positions with outputs in the last layer); their buffer is this many
-# rows x vocabulary floats (128 MiB for Gemma), never filled: the graph stops before the output matrix.
+# rows x vocabulary floats (128 MiB for Gemma), whose values are never computed: the graph stops
+# before the output matrix.
 BATCH_TOKENS = 128
 
 _SUMS, _COUNTS = ".in_sum2", ".counts"

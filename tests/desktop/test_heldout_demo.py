@@ -1,4 +1,4 @@
-"""The held-out evaluation of the demo adapter: how an output is classified, and a short real run."""
+"""The held-out evaluation of the demo adapter (tests/bench/heldout_demo.py): how an output is classified, and a short real run through `--ask`'s path."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from medgemma_convert.demo.dataset import Item
-from medgemma_convert.demo.evaluate import GREEDY, Outcome, evaluate, figures
+from tests.bench.heldout_demo import GREEDY, Outcome, evaluate, figures
 
 
 def outcome(text: str, think: bool, ended: bool = True) -> Outcome:

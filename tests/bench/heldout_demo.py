@@ -1,10 +1,14 @@
-"""Run the held-out questions through llama.cpp with the demo adapter, Think on and off, and count the format.
+"""The demo adapter's held-out questions through `--ask`'s own path, Think on and off: count the format.
 
-    python -m medgemma_convert.demo.evaluate --adapter ADAPTER.gguf [--model BASE.gguf] [--sampling greedy|preset]
-                                             [--out RESULTS.json]
+    python -m tests.bench.heldout_demo [--adapter ADAPTER.gguf] [--model BASE.gguf] [--sampling preset|greedy]
+                                       [--seed S] [--out RESULTS.json]
 
-Generation follows the desktop engine: the preset's prompt tokenized with its own single BOS and special
-tokens, llama.cpp's sampler, stop at an end-of-generation token or after `--max-tokens`. Counted per mode:
+(A measurement to report, like the benchmarks beside it, so it lives with the tests, which may import both
+halves: it reads the dataset of `medgemma_convert.demo` and asks through `medgemma_desktop.ask`.)
+
+Generation is the desktop app's own headless path (`medgemma_desktop.ask.Asker`, what
+`medgemma-desktop --ask` runs): the preset's prompt, the engine with the adapter attached at run time,
+the reasoning splitter; stop at an end-of-generation token or after `--max-tokens`. Counted per mode:
 - Think on: a closed `<think>…</think>` followed by a non-empty answer;
 - Think off (the prompt pre-fills `<think></think>`): no think tag in the output and a non-empty answer;
 - both: the output ended with `<end_of_turn>` before the token limit.
@@ -23,11 +27,11 @@ from typing import Any
 
 from medgemma_models.errors import MedGemmaError
 from medgemma_models.files import atomic_output
-from medgemma_models.prompt import END_OF_TURN, THINK_CLOSE, THINK_OPEN
-from medgemma_models.reasoning import split_reasoning
+from medgemma_models.prompt import THINK_CLOSE, THINK_OPEN
+from medgemma_models.store import demo_adapter
 
-from ..progress import Progress, TextBar
-from .dataset import DATA_DIR, Item, load_items, preset, prompt_text
+from medgemma_convert.demo.dataset import DATA_DIR, Item, load_items, preset
+from medgemma_convert.progress import Progress, TextBar
 
 
 @dataclass(frozen=True)
@@ -82,32 +86,13 @@ class ModeFigures:
     mean_generated_tokens: float
 
 
-def generate(llm: Any, item: Item, think: bool, sampling: Sampling, max_tokens: int, seed: int) -> Outcome:
-    import llama_cpp
-
-    tokens = llm.tokenize(prompt_text(item.question, think).encode("utf-8"), add_bos=False, special=True)
-    vocab = llama_cpp.llama_model_get_vocab(llm.model)
-    end_of_turn = llm.tokenize(END_OF_TURN.encode("utf-8"), add_bos=False, special=True)
-    llm.set_seed(seed)
-    produced: list[int] = []
-    stop_token = None
-    generator = llm.generate(tokens, top_k=sampling.top_k, top_p=sampling.top_p, min_p=0.0,
-                             temp=sampling.temperature, repeat_penalty=sampling.repeat_penalty)
-    try:
-        for token in generator:
-            if llama_cpp.llama_vocab_is_eog(vocab, token):
-                stop_token = token
-                break
-            produced.append(token)
-            if len(produced) >= max_tokens:
-                break
-    finally:
-        generator.close()
-    text = llm.detokenize(produced).decode("utf-8", errors="replace")
-    # With Think off the prompt already closed the reasoning, so the output is all answer.
-    reasoning, answer = split_reasoning(text) if think else ("", text)
-    return Outcome(item.id, think, text, reasoning.strip(), answer.strip(), len(produced),
-                   stop_token is not None and [stop_token] == end_of_turn)
+def outcome(asker: Any, item: Item, think: bool, sampling: Sampling, max_tokens: int, seed: int) -> Outcome:
+    """One question through the app's own path (`medgemma-desktop --ask`): preset, prompt, engine, splitter."""
+    result = asker.ask(item.question, think, seed=seed, preset=preset().name, temperature=sampling.temperature,
+                       top_p=sampling.top_p, top_k=sampling.top_k, repeat_penalty=sampling.repeat_penalty,
+                       max_tokens=max_tokens)
+    return Outcome(item.id, think, result.text, result.reasoning, result.answer, result.generated_tokens,
+                   result.finish_reason == "stop")
 
 
 def figures(outcomes: Sequence[Outcome], think: bool) -> ModeFigures:
@@ -124,19 +109,19 @@ def evaluate(model: Path, adapter: Path | None, items: Sequence[Item], sampling:
              seed: int = 0, threads: int = 2, modes: Sequence[bool] = (True, False),
              progress: Progress | None = None) -> list[Outcome]:
     """Every item in each Think mode of `modes` (True: on, False: off)."""
-    import llama_cpp
+    # The desktop app's headless path, so the figures are what a user of the app gets.
+    from medgemma_desktop.ask import Asker
+    from medgemma_desktop.generation import AdapterUse
+    from medgemma_desktop.settings import LoadSettings
 
-    llm = llama_cpp.Llama(model_path=str(model), lora_path=str(adapter) if adapter else None, n_ctx=2048,
-                          n_threads=threads, n_threads_batch=threads, seed=seed, verbose=False)
     outcomes = []
-    try:
+    adapters = [AdapterUse(adapter, 1.0)] if adapter else []
+    with Asker(model, adapters, LoadSettings(n_ctx=2048, threads=threads, gpu="cpu")) as asker:
         runs = [(think, item) for think in modes for item in items]
         for done, (think, item) in enumerate(runs, start=1):
-            outcomes.append(generate(llm, item, think, sampling, max_tokens, seed))
+            outcomes.append(outcome(asker, item, think, sampling, max_tokens, seed))
             if progress:
                 progress("think on" if think else "think off", done, len(runs))
-    finally:
-        llm.close()
     return outcomes
 
 
@@ -147,11 +132,12 @@ def _default_model() -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m medgemma_convert.demo.evaluate", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m tests.bench.heldout_demo", description=__doc__.splitlines()[0])
     p.add_argument("--model", type=Path, help="base GGUF (default: the embedded Gemma-3-270M)")
-    p.add_argument("--adapter", type=Path, help="GGUF LoRA adapter (default: none, the plain base)")
+    p.add_argument("--adapter", type=Path, help="GGUF LoRA adapter (default: the shipped demo adapter)")
+    p.add_argument("--no-adapter", action="store_true", help="the plain base, for comparison")
     p.add_argument("--data", type=Path, default=DATA_DIR)
-    p.add_argument("--sampling", choices=("greedy", "preset"), default="greedy",
+    p.add_argument("--sampling", choices=("preset", "greedy"), default="preset",
                    help="greedy, or the chain-of-thought preset's defaults with --seed")
     p.add_argument("--max-tokens", type=int, default=1024)
     p.add_argument("--seed", type=int, default=0)
@@ -164,6 +150,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     bar = TextBar()
     try:
         model = args.model or _default_model()
+        if args.adapter is None and not args.no_adapter:
+            args.adapter = demo_adapter()
         items = [item for item in load_items(args.data) if item.split == "heldout"]
         sampling = GREEDY if args.sampling == "greedy" else preset_sampling()
         started = time.perf_counter()
