@@ -202,6 +202,10 @@ def test_convert_arguments(qtbot, tmp_path: Path) -> None:
     assert "/adapters/style:0.5" in args
     assert args[args.index("--quant") + 1] == "q8_0,q4_k_m"
     assert args[args.index("--progress") + 1] == "json" and "--verify" in args
+    assert "--imatrix" not in args
+    dialog.imatrix.setChecked(True)
+    args = dialog.arguments()
+    assert args[args.index("--imatrix") + 1] == "auto"
 
 
 @pytest.mark.slow

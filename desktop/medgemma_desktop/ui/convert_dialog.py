@@ -88,7 +88,7 @@ def converter_command(python: str) -> list[str] | None:
 
 
 def convert_arguments(base: str, adapters: list[tuple[str, float]], out: str, quants: list[str],
-                      preset: str | None, name: str | None, verify: bool) -> list[str]:
+                      preset: str | None, name: str | None, verify: bool, imatrix: bool = False) -> list[str]:
     """The `medgemma-convert` command line the dialog's fields describe."""
     args = ["-m", "medgemma_convert", "--base", base]
     for path, scale in adapters:
@@ -100,6 +100,8 @@ def convert_arguments(base: str, adapters: list[tuple[str, float]], out: str, qu
         args += ["--name", name]
     if verify:
         args.append("--verify")
+    if imatrix:
+        args += ["--imatrix", "auto"]
     return args
 
 
@@ -125,8 +127,8 @@ class ConvertDialog(QDialog):
         self._command: list[str] = []  # how the conversion starts, from converter_command()
 
         self.base = QLineEdit(self)
-        self.base.setAccessibleName("Base model: folder, hub id or GGUF file")
-        self.base.setPlaceholderText("Hugging Face folder, hub id (needs a download) or GGUF file")
+        self.base.setAccessibleName("Base model: folder or GGUF file")
+        self.base.setPlaceholderText("Hugging Face folder or GGUF file (the app is offline: no hub downloads)")
         base_folder = QPushButton("Folder…", self)
         base_folder.setAccessibleName("Choose the base model folder")
         base_folder.clicked.connect(self._pick_base_folder)
@@ -136,7 +138,7 @@ class ConvertDialog(QDialog):
 
         self.adapters = QTableWidget(0, 2, self)
         self.adapters.setAccessibleName("Adapters and their scales")
-        self.adapters.setHorizontalHeaderLabels(["Adapter (PEFT folder or hub id)", "Scale"])
+        self.adapters.setHorizontalHeaderLabels(["Adapter (PEFT folder)", "Scale"])
         self.adapters.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
         self.adapters.setMinimumHeight(110)
         add_adapter = QPushButton("Add adapter…", self)
@@ -168,8 +170,11 @@ class ConvertDialog(QDialog):
         self.name.setAccessibleName("Model name")
         self.out = QLineEdit(str(models_dir() / "converted.gguf"), self)
         self.out.setAccessibleName("Output GGUF file")
-        self.verify = QCheckBox("Verify against transformers (slower)", self)
-        self.verify.setAccessibleName("Verify")
+        # A quick check against transformers always runs; this box asks for the whole evaluation text.
+        self.verify = QCheckBox("Full verification against transformers (slower)", self)
+        self.verify.setAccessibleName("Full verification")
+        self.imatrix = QCheckBox("Importance matrix from medical text (better 4-bit quality)", self)
+        self.imatrix.setAccessibleName("Importance matrix")
 
         form = QFormLayout()
         form.addRow("Base", base_row)
@@ -180,6 +185,7 @@ class ConvertDialog(QDialog):
         form.addRow("Name", self.name)
         form.addRow("Output", self.out)
         form.addRow("", self.verify)
+        form.addRow("", self.imatrix)
 
         self.stage = QLabel("", self)
         self.stage.setTextFormat(Qt.TextFormat.PlainText)  # stages and errors quote file names
@@ -253,7 +259,7 @@ class ConvertDialog(QDialog):
         quants = [q for q, box in self.quant_boxes.items() if box.isChecked()] or list(CHECKED[:1])
         return convert_arguments(absolute(self.base.text().strip()), adapters, absolute(self.out.text().strip()), quants,
                                  self.preset.currentData() or None, self.name.text().strip() or None,
-                                 self.verify.isChecked())
+                                 self.verify.isChecked(), self.imatrix.isChecked())
 
     # -- the child processes --------------------------------------------------------------------
 
