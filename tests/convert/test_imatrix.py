@@ -16,7 +16,7 @@ from medgemma_convert.imatrix import (
     OUTPUT,
     Imatrix,
     ImatrixEntry,
-    _chunks,
+    imatrix_chunks,
     compute_imatrix,
     default_calibration_text,
     read_imatrix,
@@ -135,7 +135,7 @@ def test_computed_sums_are_the_squared_inputs_of_every_matrix(tiny, tiny_f32: Pa
     chunk_tokens = 64
     computed = compute_imatrix(tiny_f32, [("text", TEXT)], chunk_tokens=chunk_tokens)
     ids, _ = tokenize(tiny_f32, TEXT)
-    chunks = _chunks(ids[1:], ids[0], chunk_tokens)  # as compute_imatrix cuts the text: BOS first in each
+    chunks = imatrix_chunks(ids[1:], ids[0], chunk_tokens)  # as compute_imatrix cuts the text: BOS first in each
     assert computed.chunk_count == len(chunks) >= 2
 
     model = reference_model(tiny.base("gemma3"), [(tiny.adapter("gemma3", "all"), 1.0)])

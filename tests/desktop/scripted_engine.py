@@ -1,3 +1,0 @@
-"""Moved to `tests.support.scripted_engine`; this name stays importable for tests written against the old path."""
-
-from tests.support.scripted_engine import *  # noqa: F401,F403
