@@ -76,9 +76,8 @@ def test_the_child_imports_nothing_from_the_launch_folder(qtbot, tiny, tmp_path,
     assert (launch / "relative.gguf").is_file()
 
 
-def test_closing_the_window_mid_conversion_asks_then_cancels_and_cleans_up(qtbot, tiny, tmp_path):
-    from PySide6.QtCore import QTimer
-
+def _window_converting(qtbot, tiny, out: Path):
+    """A real window whose Convert… dialog is filled in for a tiny conversion into `out`."""
     from medgemma_desktop.engine import Engine
     from medgemma_desktop.history import History
     from medgemma_desktop.ui.main_window import MainWindow
@@ -86,14 +85,21 @@ def test_closing_the_window_mid_conversion_asks_then_cancels_and_cleans_up(qtbot
     history = History()
     window = MainWindow(history, Engine)
     qtbot.addWidget(window)
-    window.show()
     window.models.show_convert_dialog()
     dialog = window.models.convert_dialog
-    out = tmp_path / "out"
     out.mkdir()
     dialog.base.setText(str(tiny.base("gemma3")))
     dialog.add_adapter(str(tiny.adapter("gemma3", "all")))
     dialog.out.setText(str(out / "tiny.gguf"))
+    return history, window, dialog
+
+
+def test_closing_the_window_mid_conversion_asks_then_cancels_and_cleans_up(qtbot, tiny, tmp_path):
+    from PySide6.QtCore import QTimer
+
+    out = tmp_path / "out"
+    history, window, dialog = _window_converting(qtbot, tiny, out)
+    window.show()
     questions: list[str] = []
     answers = iter([False, True])  # first "keep converting", then "stop it"
 
@@ -119,20 +125,8 @@ def test_closing_the_window_mid_conversion_asks_then_cancels_and_cleans_up(qtbot
 
 
 def test_the_app_ending_mid_conversion_cancels_it_and_cleans_up_without_asking(qtbot, tiny, tmp_path):
-    from medgemma_desktop.engine import Engine
-    from medgemma_desktop.history import History
-    from medgemma_desktop.ui.main_window import MainWindow
-
-    history = History()
-    window = MainWindow(history, Engine)
-    qtbot.addWidget(window)
-    window.models.show_convert_dialog()
-    dialog = window.models.convert_dialog
     out = tmp_path / "out"
-    out.mkdir()
-    dialog.base.setText(str(tiny.base("gemma3")))
-    dialog.add_adapter(str(tiny.adapter("gemma3", "all")))
-    dialog.out.setText(str(out / "tiny.gguf"))
+    history, window, dialog = _window_converting(qtbot, tiny, out)
     dialog.ask = lambda title, question: pytest.fail("the app ending (logout, run_app's exit) asks nothing")
     ended: list[bool] = []
 
