@@ -22,6 +22,7 @@ from medgemma_models.quants import TENSOR_TYPES
 from medgemma_models.report import OutputRecord
 
 from . import __version__
+from .heap import return_large_blocks
 from .progress import JsonLines, Progress, ProgressEvent, TextBar, no_progress
 from .quants import VALID
 
@@ -128,6 +129,7 @@ def _export_hf_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     # The desktop app's Cancel sends SIGTERM: clean up as for Ctrl-C, leaving no .partial files.
     _stop.clear()
+    return_large_blocks()
     previous = signal.signal(signal.SIGTERM, _terminated) if threading.current_thread() is threading.main_thread() else None
     try:
         return _main(list(sys.argv[1:] if argv is None else argv))

@@ -1,39 +1,47 @@
 """Check exported GGUF files against transformers: KL divergence, top-1 agreement and perplexity.
 
-The reference is the base in float32 with the adapters merged by PEFT, so it is computed by code
-that shares nothing with our merge and GGUF writer. Both sides see the same token ids, tokenized
+The reference is the base in float32 with the adapters applied by PEFT (reference.py, run in a
+child process), so it is computed by code that shares nothing with our merge and GGUF writer. Both sides see the same token ids, tokenized
 once with the GGUF's own tokenizer (llama.cpp) so that tokenization differences cannot hide or
 fake a weight error.
 """
 
 from __future__ import annotations
 
-import gc
 import importlib.util
+import json
+import os
+import queue
+import subprocess
+import sys
 import tempfile
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from importlib.resources import files
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import Any, BinaryIO, TextIO
 
 import numpy as np
 
 from medgemma_models.errors import ConversionError
+from medgemma_models.offline import OFFLINE_ENV
+from medgemma_models.progress import STAGE_ERROR, ProgressEvent
 
 from .progress import Progress, no_progress
-
-if TYPE_CHECKING:
-    import torch
 
 # Longer than Gemma-3's 512-token sliding window, so that a wrong window size shows up in the figures.
 CHUNK_TOKENS = 1024
 # The quick verification every conversion runs unless --no-verify: a few hundred positions.
 QUICK_TOKENS = 320
-# Positions compared at once: 32 rows x 262,144 vocab x float64 is 64 MiB per array. Neither side
-# ever holds more than this many positions' logits: the reference waits in a file, llama.cpp
-# computes them a block at a time.
-_ROWS = 32
+# Positions llama.cpp evaluates at once: their logits (16 x 262,144 float32, 16 MiB) are all of an
+# output's logits ever held, and the reference's wait in a file. Fewer rows cost time (8: 3.0 s for
+# the f16 270M's 319 positions against 2.1 s) for little memory (70 MB of llama.cpp buffers at 16).
+_ROWS = 16
+# Positions compared in float64 at once: each array of 4 x 262,144 is 8 MiB, five at a time.
+_COMPARE_ROWS = 4
+# How often a wait on the reference's child process reports progress (and so can be cancelled).
+_POLL_SECONDS = 0.5
 
 
 @dataclass(frozen=True)
@@ -92,13 +100,12 @@ def verify_outputs(
         raise ConversionError("the evaluation text is too short: it needs at least one token after BOS")
     chunks = split_chunks(ids, chunk_tokens)
     mode = "quick" if max_tokens is not None else "full"
-    # The reference logits go to a file so that the torch model can be freed before llama.cpp
-    # loads; plain file writes and reads keep them out of the resident memory (a memory map's
-    # touched pages would count).
+    # The reference logits go to a file, written by a child process whose memory is gone before
+    # llama.cpp loads; plain file writes and reads keep them out of the resident memory (a memory
+    # map's touched pages would count).
     with tempfile.TemporaryDirectory(prefix="medgemma-verify-") as tmp:
         reference = Path(tmp) / "reference.f32"
-        with open(reference, "wb") as sink:
-            _reference_logits(base, adapters, chunks, n_vocab, sink, progress)
+        _reference_logits(Path(base), adapters, chunks, n_vocab, reference, progress)
         figures = {}
         for output in outputs:
             stage = f"verify: {output.name}"
@@ -130,71 +137,63 @@ def tokenize(model: Path, text: str) -> tuple[list[int], int]:
         llm.close()
 
 
-def reference_model(base: Path, adapters: Sequence[tuple[Path, float]]) -> torch.nn.Module:
-    """The base in float32 with each adapter merged by PEFT at `scale * alpha / r` (rsLoRA: `/ sqrt(r)`)."""
-    import torch
-    from peft import PeftModel
-    from peft.tuners.lora import LoraLayer
-    from transformers import AutoModelForCausalLM, GgufConfig
-
-    base = Path(base)
-    if base.is_file():
-        # Unpacked to plain float32 weights: transformers would otherwise keep GGUF blocks and
-        # compute with its own quantized kernels, which is not the reference we want.
-        model = AutoModelForCausalLM.from_pretrained(
-            base.parent, gguf_file=base.name, quantization_config=GgufConfig(dequantize=True), dtype=torch.float32
-        )
-    else:
-        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-    for index, (adapter, scale) in enumerate(adapters):
-        name = f"adapter{index}"
-        peft_model = PeftModel.from_pretrained(model, str(adapter), adapter_name=name)
-        # PEFT's own user scale: set_scale makes its scaling `scale * alpha / r` (or `/ sqrt(r)`),
-        # which merge_and_unload then applies as W + scaling * B @ A.
-        for module in peft_model.modules():
-            if isinstance(module, LoraLayer) and name in module.scaling:
-                module.set_scale(name, scale)
-        # Merging one adapter at a time sums the deltas: each depends only on its own A and B.
-        model = peft_model.merge_and_unload()
-    return model.eval()
-
-
 def _reference_logits(
     base: Path,
     adapters: Sequence[tuple[Path, float]],
     chunks: list[list[int]],
     n_vocab: int,
-    sink: BinaryIO,
+    out: Path,
     progress: Progress,
 ) -> None:
-    """Write the reference's logits of every position but each chunk's last, in order, as float32 rows."""
-    import torch
+    """Have reference.py write the reference's logits to `out`, in a child process.
 
-    progress("verify: reference", 0, len(chunks))
-    model = reference_model(base, adapters)
-    # The model's own forward, split where it costs nothing: the decoder once per chunk, then the
-    # output matrix (and Gemma-2's final soft-capping) a block of positions at a time, so that the
-    # full-vocabulary logits of a whole chunk (1 GiB for 1,024 Gemma positions) never exist at once.
-    decoder, head = model.get_decoder(), model.get_output_embeddings()
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    softcap = getattr(config, "final_logit_softcapping", None)
-    with torch.inference_mode():
-        for done, chunk in enumerate(chunks, 1):
-            hidden = decoder(input_ids=torch.tensor([chunk]), use_cache=False).last_hidden_state[0, :-1]
-            for start in range(0, len(hidden), _ROWS):
-                logits = head(hidden[start : start + _ROWS]).float()
-                if softcap:
-                    logits = torch.tanh(logits / softcap) * softcap
-                if logits.shape[-1] < n_vocab:
-                    raise ConversionError(
-                        f"the reference model has {logits.shape[-1]} vocabulary rows, the GGUF {n_vocab}"
-                    )
-                # Rows past the GGUF's vocabulary (padding in some checkpoints) are left out on both sides.
-                sink.write(np.ascontiguousarray(logits[:, :n_vocab].numpy()).tobytes())
-            del hidden
-            progress("verify: reference", done, len(chunks))
-    del model, decoder, head
-    gc.collect()
+    torch never enters this process, and the child's memory is gone before llama.cpp loads. Its
+    progress is relayed; this side also reports every half second while it waits, so that a
+    cancel (raised from a progress report) kills the child at once, even while it imports torch.
+    """
+    job = out.with_name("job.json")
+    job.write_text(json.dumps({"base": str(base), "adapters": [[str(p), s] for p, s in adapters], "chunks": chunks,
+                               "n_vocab": n_vocab, "out": str(out)}), encoding="utf-8")
+    stage, last, error = "verify: reference", (0, 0), None
+    with open(out.with_name("stderr.txt"), "w+", encoding="utf-8", errors="replace") as stderr:
+        child = subprocess.Popen([sys.executable, "-I", "-m", "medgemma_convert.reference", str(job)],
+                                 stdout=subprocess.PIPE, stderr=stderr, text=True, env=dict(os.environ, **OFFLINE_ENV))
+        lines: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=_read_lines, args=(child.stdout, lines), daemon=True).start()
+        try:
+            progress(stage, *last)
+            while (line := _next_line(lines, lambda: progress(stage, *last))) is not None:
+                event = ProgressEvent.from_json_line(line)
+                if event is not None and event.stage == STAGE_ERROR:
+                    error = event.message
+                elif event is not None and event.stage == stage:
+                    last = (event.done, event.total)
+                    progress(stage, *last)
+            child.wait()
+        except BaseException:
+            child.kill()
+            child.wait()
+            raise
+        if child.returncode < 0:  # killed: by the system when memory runs out, most often
+            raise ConversionError(f"the reference model (transformers + PEFT) was stopped by signal {-child.returncode}")
+        if child.returncode != 0:
+            stderr.seek(0)
+            reason = error or (stderr.read().strip().splitlines() or ["no message"])[-1]
+            raise ConversionError(f"the reference model (transformers + PEFT) failed: {reason}")
+
+
+def _read_lines(stream: TextIO, into: queue.Queue[str | None]) -> None:
+    for line in stream:
+        into.put(line)
+    into.put(None)
+
+
+def _next_line(lines: queue.Queue[str | None], waiting: Callable[[], None]) -> str | None:
+    while True:
+        try:
+            return lines.get(timeout=_POLL_SECONDS)
+        except queue.Empty:
+            waiting()
 
 
 def gguf_logits(model: Path, chunks: list[list[int]], rows: int = _ROWS, lora: Path | None = None,
@@ -250,11 +249,12 @@ def compare_blocks(pairs: Iterable[tuple[np.ndarray, np.ndarray]], chunks: list[
     nll_gguf: list[np.ndarray] = []
     row = 0
     for reference, gguf in pairs:
-        n = len(gguf)
-        values = compare_rows(reference, gguf, targets[row : row + n])
-        for value, into in zip(values, (kld, same, nll_ref, nll_gguf)):
-            into.append(value)
-        row += n
+        for start in range(0, len(gguf), _COMPARE_ROWS):
+            end = min(start + _COMPARE_ROWS, len(gguf))
+            values = compare_rows(reference[start:end], gguf[start:end], targets[row + start : row + end])
+            for value, into in zip(values, (kld, same, nll_ref, nll_gguf)):
+                into.append(value)
+        row += len(gguf)
     all_kld = np.concatenate(kld)
     return VerifyFigures(
         tokens=int(all_kld.size),

@@ -163,12 +163,17 @@ def _sibling(stem: str, name: str) -> bool:
 
 
 def describe(info: ModelInfo) -> str:
-    """The facts a user picks a model by: architecture, size, quantization, real bpw, context."""
+    """The facts a user picks a model by: architecture, size, quantization, real bpw, context, and
+    for our exports how closely they follow transformers (or that they were not checked)."""
     size = info.size_label or human_count(info.parameter_count)
     context = f"{info.context_length:,} ctx" if info.context_length else "context unknown"
     megabytes = info.file_size / 1e6
-    return (f"{info.architecture} · {size} · {info.file_type} · {info.bits_per_weight:.2f} bpw real · "
-            f"{context} · {megabytes:,.0f} MB")
+    facts = (f"{info.architecture} · {size} · {info.file_type} · {info.bits_per_weight:.2f} bpw real · "
+             f"{context} · {megabytes:,.0f} MB")
+    made = info.typed_provenance()
+    if made.verification is not None:
+        return f"{facts} · {made.verification.describe()}"
+    return f"{facts} · not verified" if made.converter is not None else facts
 
 
 class ModelLibrary:

@@ -54,6 +54,32 @@ class AdapterRecord:
 
 
 @dataclass(frozen=True)
+class VerificationRecord:
+    """An export's check against transformers, as `medgemma.verification` records it."""
+
+    mode: str  # "quick" (the default) or "full" (--verify)
+    tokens: int  # positions compared
+    mean_kld: float  # nats
+    top1: float  # fraction of positions with the same most likely token
+
+    @classmethod
+    def from_value(cls, value: Any) -> VerificationRecord | None:
+        """The record in `value` (a JSON object, or its text), or None when it is not a well-formed one."""
+        data = decode_json(value) if isinstance(value, str) else value
+        if not isinstance(data, Mapping):
+            return None
+        tokens, kld, top1 = data.get("tokens"), _number(data.get("mean_kld")), _number(data.get("top1"))
+        if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens <= 0 or kld is None or top1 is None \
+                or not 0 <= top1 <= 1:
+            return None
+        mode = data.get("mode") if data.get("mode") in ("quick", "full") else "full"
+        return cls(mode, tokens, max(kld, 0.0), top1)  # a KLD of identical outputs can round below zero
+
+    def describe(self) -> str:
+        return f"verified ({self.mode}, {self.tokens} tokens): KLD {self.mean_kld:.2g}, top-1 {self.top1:.1%}"
+
+
+@dataclass(frozen=True)
 class Provenance:
     """What a GGUF says about where it came from; every field is None/empty when absent or malformed."""
 
@@ -61,6 +87,7 @@ class Provenance:
     adapters: tuple[AdapterRecord, ...] = ()
     preset: str | None = None
     converter: str | None = None
+    verification: VerificationRecord | None = None
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Provenance:
@@ -78,6 +105,7 @@ class Provenance:
             adapters=tuple(r for r in records if r is not None),
             preset=_text(get(KEY_PRESET)),
             converter=_text(get(KEY_CONVERTER)),
+            verification=VerificationRecord.from_value(get(KEY_VERIFICATION)),
         )
 
     @property
@@ -93,15 +121,21 @@ def decode_json(value: str) -> Any:
         return value
 
 
+def _number(value: Any) -> float | None:
+    """A finite number, else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
 def _scale(value: Any) -> float:
     """A finite number, else 1 (JSON allows 1e999 and integers too big for a float)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return 1.0
-    try:
-        scale = float(value)
-    except OverflowError:
-        return 1.0
-    return scale if math.isfinite(scale) else 1.0
+    number = _number(value)
+    return 1.0 if number is None else number
 
 
 def _text(value: Any) -> str | None:

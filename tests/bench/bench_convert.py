@@ -8,8 +8,13 @@
     then llama.cpp's quantizer for q8_0 and q4_k_m.
 Every step runs as its own child process; its wall time and peak resident memory (ru_maxrss)
 are measured. Targets: wall (a) <= 0.6 x wall (b); peak memory (a) <=
-0.6 x the largest step of (b). Verification (`--verify`) is measured on its own and not counted.
+0.6 x the largest step of (b). (a) runs with `--no-verify`, as (b) checks nothing.
+Verification is then measured inside (a) as users run it, once quick (the default) and once full
+(`--verify`): its stage's wall time and peak (with the reference's child process) from the
+command's own report, against the peak of the conversion's other stages in the same command.
 Done on the embedded Gemma-3-270M (as an HF folder) and on a random model of Gemma-3-1B's shape.
+With --gemma2-2b, only this instead: (a) with its quick verification on a random model of
+Gemma-2-2B's shape (the 270M's 262,144-token vocabulary), to see whether it fits a 16 GB laptop.
 """
 
 from __future__ import annotations
@@ -26,7 +31,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 
-from tests.support.hf_base import GEMMA3_1B, TOKENIZER_FILES, build_hf_base, random_gemma3  # noqa: E402
+from tests.support.hf_base import (  # noqa: E402
+    GEMMA2_2B, GEMMA3_1B, TOKENIZER_FILES, build_hf_base, random_gemma2, random_gemma3,
+)
 from tests.support.tiny import ALL_PROJECTIONS, make_adapter  # noqa: E402
 
 from medgemma_models.offline import go_offline  # noqa: E402
@@ -112,36 +119,28 @@ QUANTIZE = textwrap.dedent(
 
 FTYPES = {"q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0", "q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M"}
 
-VERIFY = textwrap.dedent(
-    """
-    import json, sys
-    from pathlib import Path
-    from medgemma_convert.verify import default_eval_text, verify_outputs
-    base, adapter, *outputs = map(Path, sys.argv[1:])
-    figures = verify_outputs(base, [(adapter, 1.0)], outputs, default_eval_text())
-    print(json.dumps({Path(k).name: v.to_dict() for k, v in figures.items()}))
-    """
-)
-
-
 def ours(base: Path, adapter: Path, work: Path) -> list[Step]:
     """(a): one process. Its peak is the larger of ru_maxrss and the per-stage peaks in its report:
     the command resets the kernel's high-water mark at each stage to measure stages apart, which
     also hides earlier stages' peaks from ru_maxrss."""
     out = work / "ours" / "model.gguf"
     out.parent.mkdir(parents=True, exist_ok=True)
-    command = [str(Path(sys.executable).with_name("medgemma-convert")), "--base", str(base), "--adapter", str(adapter),
-               "--out", str(out), "--quant", ",".join(("f16", *QUANTS)), "--progress", "none", "--force",
-               "--report", str(out.with_name("report.json"))]
+    command = [*_convert_command(base, adapter, out), "--no-verify"]
     step, _ = run_step("medgemma-convert (merge + f16 + q8_0 + q4_k_m)", command)
     report = json.loads(out.with_name("report.json").read_text(encoding="utf-8"))
     step.peak_rss = max(step.peak_rss, *(stage["peak_rss_bytes"] for stage in report["stages"]))
     return [step]
 
 
-def our_stages(work: Path) -> str:
-    """The command's own split of its time and memory, from its report."""
-    report = json.loads((work / "ours" / "report.json").read_text(encoding="utf-8"))
+def _convert_command(base: Path, adapter: Path, out: Path) -> list[str]:
+    return [str(Path(sys.executable).with_name("medgemma-convert")), "--base", str(base), "--adapter", str(adapter),
+            "--out", str(out), "--quant", ",".join(("f16", *QUANTS)), "--progress", "none", "--force",
+            "--report", str(out.with_name("report.json"))]
+
+
+def our_stages(folder: Path) -> str:
+    """A command's own split of its time and memory, from its report in `folder`."""
+    report = json.loads((folder / "report.json").read_text(encoding="utf-8"))
     return ", ".join(f"{s['stage']} {s['wall_s']:.1f} s / {s['peak_rss_bytes'] / MIB:.0f} MiB" for s in report["stages"])
 
 
@@ -160,11 +159,26 @@ def usual(base: Path, adapter: Path, work: Path, converter: Path) -> tuple[list[
     return steps, f16
 
 
-def verification(base: Path, adapter: Path, work: Path) -> tuple[Step, dict[str, dict[str, float]]]:
-    outputs = sorted((work / "ours").glob("*.gguf"))
-    command = [sys.executable, "-c", VERIFY, str(base), str(adapter), *map(str, outputs)]
-    step, stdout = run_step(f"verify ({len(outputs)} outputs, default text)", command)
-    return step, json.loads(stdout.strip().splitlines()[-1])
+@dataclass
+class Check:
+    mode: str  # "quick" or "full"
+    wall_s: float  # the verify stage
+    peak_rss: int  # the verify stage, the reference's child included
+    conversion_peak: int  # the largest of the same command's other stages
+    figures: dict[str, dict[str, float]]
+
+
+def verification(base: Path, adapter: Path, work: Path, mode: str) -> Check:
+    """The same conversion as (a), checked as users run it: quick (the default) or full (--verify)."""
+    out = work / f"verify-{mode}" / "model.gguf"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    command = _convert_command(base, adapter, out) + (["--verify"] if mode == "full" else [])
+    run_step(f"medgemma-convert, {mode} verification", command)
+    report = json.loads(out.with_name("report.json").read_text(encoding="utf-8"))
+    stages = {s["stage"]: s for s in report["stages"]}
+    others = [s["peak_rss_bytes"] for name, s in stages.items() if name != "verify"]
+    figures = {Path(o["path"]).name: o["verification"] for o in report["outputs"]}
+    return Check(mode, stages["verify"]["wall_s"], stages["verify"]["peak_rss_bytes"], max(others), figures)
 
 
 def metadata_differences(ours_path: Path, theirs_path: Path) -> list[str]:
@@ -184,8 +198,8 @@ def _short(value: object) -> str:
     return f"a list of {len(value)}" if isinstance(value, list) else repr(value)
 
 
-def report(title: str, a: list[Step], b: list[Step], check: Step | None, figures: dict | None, diff: list[str],
-           stages: str) -> None:
+def report(title: str, a: list[Step], b: list[Step], checks: list[Check], diff: list[str], stages: str,
+           largest_output: int) -> None:
     print(f"\n{title}")
     print(f"  {'step':<48} {'wall s':>8} {'peak MiB':>9}")
     for label, steps in (("(a)", a), ("(b)", b)):
@@ -199,21 +213,37 @@ def report(title: str, a: list[Step], b: list[Step], check: Step | None, figures
     wall_ratio, peak_ratio = wall_a / wall_b, peak_a / peak_b
     print(f"  wall (a)/(b) = {wall_ratio:.2f}  (target <= 0.60: {'met' if wall_ratio <= 0.6 else 'NOT met'})")
     print(f"  peak (a)/(b) = {peak_ratio:.2f}  (target <= 0.60: {'met' if peak_ratio <= 0.6 else 'NOT met'})")
-    if check:
-        print(f"  verification, not counted above: {check.wall_s:.1f} s, peak {check.peak_rss / MIB:.0f} MiB")
-    for name, values in (figures or {}).items():
-        print(f"    {name:<24} mean KLD {values['mean_kld']:.2e}  p99 {values['p99_kld']:.2e}  "
-              f"top-1 {values['top1']:.1%}  ppl {values['ppl_gguf']:.2f} (reference {values['ppl_reference']:.2f})")
+    for check in checks:
+        ratio = check.peak_rss / check.conversion_peak
+        print(f"  {check.mode} verification inside (a): {check.wall_s:.1f} s, peak {check.peak_rss / MIB:.0f} MiB "
+              f"(reference child included) vs the conversion's own peak {check.conversion_peak / MIB:.0f} MiB "
+              f"= {ratio:.2f}; the largest output alone is {largest_output / MIB:.0f} MiB")
+        for name, values in check.figures.items():
+            print(f"    {name:<24} {values['tokens']} positions  mean KLD {values['mean_kld']:.2e}  "
+                  f"p99 {values['p99_kld']:.2e}  top-1 {values['top1']:.1%}  ppl {values['ppl_gguf']:.2f} "
+                  f"(reference {values['ppl_reference']:.2f})")
     print("  f16 metadata, gemma3.* and tokenizer.ggml.* keys, ours vs llama.cpp's converter: "
           + ("identical" if not diff else "differ in " + ", ".join(diff)))
     sys.stdout.flush()
 
 
-def bench(title: str, base: Path, adapter: Path, work: Path, converter: Path, verify: bool) -> None:
+def bench(title: str, base: Path, adapter: Path, work: Path, converter: Path) -> None:
     a = ours(base, adapter, work)
     b, their_f16 = usual(base, adapter, work, converter)
-    check, figures = verification(base, adapter, work) if verify else (None, None)
-    report(title, a, b, check, figures, metadata_differences(work / "ours" / "model-f16.gguf", their_f16), our_stages(work))
+    checks = [verification(base, adapter, work, mode) for mode in ("quick", "full")]
+    ours_f16 = work / "ours" / "model-f16.gguf"
+    report(title, a, b, checks, metadata_differences(ours_f16, their_f16), our_stages(work / "ours"),
+           ours_f16.stat().st_size)
+
+
+def bench_verification_only(title: str, base: Path, adapter: Path, work: Path) -> None:
+    check = verification(base, adapter, work, "quick")
+    print(f"\n{title}")
+    print(f"  (a) with its quick verification, by its own report: {our_stages(work / 'verify-quick')}")
+    print(f"  quick verification: {check.wall_s:.1f} s, peak {check.peak_rss / MIB:.0f} MiB (reference child included) "
+          f"vs the conversion's own peak {check.conversion_peak / MIB:.0f} MiB; the f16 output alone is "
+          f"{(work / 'verify-quick' / 'model-f16.gguf').stat().st_size / MIB:.0f} MiB")
+    sys.stdout.flush()
 
 
 def lora(base: Path, out: Path) -> Path:
@@ -225,6 +255,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, help="folder for the models made (default: a temporary one)")
     parser.add_argument("--skip-1b", action="store_true", help="only the 270M")
+    parser.add_argument("--gemma2-2b", action="store_true", help="only (a) with quick verification on a Gemma-2-2B shape")
     args, _ = parser.parse_known_args()  # run_all.py passes its own arguments on to every benchmark
     go_offline()
     converter = ensure_bench_venv()
@@ -237,15 +268,23 @@ def main() -> int:
         base = work / "270m" / "base"
         if not (base / "config.json").is_file():
             build_hf_base(gguf, base)
+        if args.gemma2_2b:
+            print("setting up (not measured): random Gemma-2-2B-shaped model, random LoRA r=8", flush=True)
+            base_2b = work / "2b" / "base"
+            if not (base_2b / "config.json").is_file():
+                random_gemma2(base_2b, base, GEMMA2_2B)
+            adapter_2b = lora(base_2b, work / "2b" / "lora")
+            bench_verification_only("random Gemma-2-2B shape + LoRA r=8", base_2b, adapter_2b, work / "2b")
+            return 0
         adapter = lora(base, work / "270m" / "lora")
-        bench("Gemma-3-270M + LoRA r=8", base, adapter, work / "270m", converter, verify=True)
+        bench("Gemma-3-270M + LoRA r=8", base, adapter, work / "270m", converter)
         if not args.skip_1b:
             print("\nsetting up (not measured): random Gemma-3-1B-shaped model, random LoRA r=8", flush=True)
             base_1b = work / "1b" / "base"
             if not (base_1b / "config.json").is_file():
                 random_gemma3(base_1b, base, GEMMA3_1B)
             adapter_1b = lora(base_1b, work / "1b" / "lora")
-            bench("random Gemma-3-1B shape + LoRA r=8", base_1b, adapter_1b, work / "1b", converter, verify=False)
+            bench("random Gemma-3-1B shape + LoRA r=8", base_1b, adapter_1b, work / "1b", converter)
     return 0
 
 

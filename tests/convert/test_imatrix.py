@@ -130,7 +130,7 @@ def test_computed_sums_are_the_squared_inputs_of_every_matrix(tiny, tiny_f32: Pa
     """The definition, checked with transformers: per linear layer, the sum over tokens of x**2 per input column."""
     import torch
 
-    from medgemma_convert.verify import reference_model
+    from medgemma_convert.reference import reference_model
 
     chunk_tokens = 64
     computed = compute_imatrix(tiny_f32, [("text", TEXT)], chunk_tokens=chunk_tokens)

@@ -13,12 +13,12 @@ import torch
 from safetensors.torch import load_file
 from tests.support.tiny import ALL_PROJECTIONS, make_adapter
 
+from medgemma_convert.reference import reference_model
 from medgemma_convert.verify import (
     QUICK_TOKENS,
     VerifyFigures,
     compare_rows,
     default_eval_text,
-    reference_model,
     tokenize,
     verify_outputs,
 )

@@ -20,6 +20,7 @@ from medgemma_desktop.library import (
     RECENT_LIMIT,
     AdapterUse,
     ModelLibrary,
+    describe,
     model_key,
 )
 from medgemma_desktop.settings import ChatSettings, LoadSettings
@@ -105,6 +106,21 @@ def test_a_new_file_gets_the_preset_of_its_provenance(library: ModelLibrary, tmp
     assert remembered == (chat, LoadSettings(n_ctx=2048))
     assert library.history.get_setting(LAST_MODEL_SETTING) == str(file) and library.last_model() == file
     assert library.selected_path() == file
+
+
+def test_the_list_shows_an_exports_verification_figures(tmp_path: Path) -> None:
+    """Ours, checked: its figures; ours, not checked (--no-verify): says so; anyone else's: neither."""
+    figures = {"tokens": 319, "mean_kld": 0.0052, "top1": 0.9467, "mode": "quick"}
+    checked = tiny_gguf(tmp_path / "checked.gguf", {provenance.KEY_CONVERTER: "medgemma-convert 0.2.0",
+                                                    provenance.KEY_VERIFICATION: figures})
+    unchecked = tiny_gguf(tmp_path / "unchecked.gguf", {provenance.KEY_CONVERTER: "medgemma-convert 0.2.0"})
+    theirs = tiny_gguf(tmp_path / "theirs.gguf", {})
+    garbled = tiny_gguf(tmp_path / "garbled.gguf", {provenance.KEY_CONVERTER: "medgemma-convert 0.2.0",
+                                                    provenance.KEY_VERIFICATION: "{not json"})
+    assert describe(read_model_info(checked)).endswith(" · verified (quick, 319 tokens): KLD 0.0052, top-1 94.7%")
+    assert describe(read_model_info(unchecked)).endswith(" MB · not verified")
+    assert describe(read_model_info(garbled)).endswith(" MB · not verified")
+    assert describe(read_model_info(theirs)).endswith(" MB")
 
 
 @pytest.mark.parametrize("fields", [

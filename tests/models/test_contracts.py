@@ -73,6 +73,19 @@ def test_provenance_is_read_with_its_types_checked() -> None:
     assert provenance.Provenance.from_dict({"adapters": "[not json"}) == provenance.Provenance()
 
 
+def test_verification_figures_are_read_with_their_types_checked() -> None:
+    figures = {"tokens": 319, "mean_kld": 0.0052, "p99_kld": 0.024, "top1": 0.9467, "ppl_reference": 24.1,
+               "ppl_gguf": 24.0, "mode": "quick"}
+    record = provenance.Provenance.from_dict({provenance.KEY_VERIFICATION: json.dumps(figures)}).verification
+    assert record == provenance.VerificationRecord("quick", 319, 0.0052, 0.9467)
+    assert record.describe() == "verified (quick, 319 tokens): KLD 0.0052, top-1 94.7%"
+    assert provenance.VerificationRecord.from_value({**figures, "mean_kld": -1e-21}).mean_kld == 0.0
+    for bad in ("not json {", [], {**figures, "tokens": True}, {**figures, "tokens": 0}, {**figures, "top1": 1.5},
+                {**figures, "mean_kld": "small"}, {**figures, "mean_kld": float("nan")}, {"mode": "quick"}):
+        assert provenance.VerificationRecord.from_value(bad) is None, bad
+    assert provenance.VerificationRecord.from_value({**figures, "mode": "<b>"}).mode == "full"
+
+
 def test_the_preset_for_a_file_comes_from_one_function() -> None:
     assert preset_for_provenance(provenance.Provenance(preset="medical-cot-270m")) == "medical-cot-270m"
     assert preset_for_provenance(provenance.Provenance(preset="no-such")) == DEFAULT_PRESET

@@ -158,7 +158,7 @@ def reference_logits(base: Path, adapters: Sequence[tuple[Path, float]], ids: Se
     """Next-token logits of transformers (float32) after PEFT merges each adapter, scaled, in turn."""
     import torch
 
-    from medgemma_convert.verify import reference_model
+    from medgemma_convert.reference import reference_model
 
     with torch.no_grad():
         return reference_model(base, adapters)(torch.tensor([list(ids)])).logits[0].double().numpy()
