@@ -73,9 +73,9 @@ class StageRecorder:
         try:
             yield
         finally:
-            peak = _peak_rss()
-            if _maxrss(resource.RUSAGE_CHILDREN) > children:
-                peak = max(peak, resident + _maxrss(resource.RUSAGE_CHILDREN))
+            peak, children_now = _peak_rss(), _maxrss(resource.RUSAGE_CHILDREN)
+            if children_now > children:
+                peak = max(peak, resident + children_now)
             self.stages.append({"stage": name, "wall_s": round(time.perf_counter() - start, 3), "peak_rss_bytes": peak})
 
     def total_wall(self) -> float:

@@ -1,9 +1,9 @@
 """Check exported GGUF files against transformers: KL divergence, top-1 agreement and perplexity.
 
 The reference is the base in float32 with the adapters applied by PEFT (reference.py, run in a
-child process), so it is computed by code that shares nothing with our merge and GGUF writer. Both sides see the same token ids, tokenized
-once with the GGUF's own tokenizer (llama.cpp) so that tokenization differences cannot hide or
-fake a weight error.
+child process), so it is computed by code that shares nothing with our merge and GGUF writer.
+Both sides see the same token ids, tokenized once with the GGUF's own tokenizer (llama.cpp) so
+that tokenization differences cannot hide or fake a weight error.
 """
 
 from __future__ import annotations

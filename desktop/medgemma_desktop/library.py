@@ -99,6 +99,12 @@ class LoadedModel:
         """What the load did about the GPU, in the status bar's words."""
         return self.loaded.report.describe()
 
+    def status(self) -> str:
+        """The status bar's line: its name, the GPU offload and, for our exports, their check."""
+        line = f"{self.title or self.info.name} · {self.offload}"
+        check = verification_text(self.info)
+        return f"{line} · {check}" if check else line
+
 
 def model_key(path: Path | None, adapters: tuple[AdapterUse, ...] = ()) -> str:
     """The key settings are remembered under."""
@@ -170,10 +176,17 @@ def describe(info: ModelInfo) -> str:
     megabytes = info.file_size / 1e6
     facts = (f"{info.architecture} · {size} · {info.file_type} · {info.bits_per_weight:.2f} bpw real · "
              f"{context} · {megabytes:,.0f} MB")
+    check = verification_text(info)
+    return f"{facts} · {check}" if check else facts
+
+
+def verification_text(info: ModelInfo) -> str:
+    """How closely our export follows transformers ("verified (quick, 319 tokens): KLD …"), "not
+    verified" for one made with --no-verify, "" for a file we did not make."""
     made = info.typed_provenance()
     if made.verification is not None:
-        return f"{facts} · {made.verification.describe()}"
-    return f"{facts} · not verified" if made.converter is not None else facts
+        return made.verification.describe()
+    return "not verified" if made.converter is not None else ""
 
 
 class ModelLibrary:

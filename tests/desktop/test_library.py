@@ -19,6 +19,7 @@ from medgemma_desktop.library import (
     LAST_MODEL_SETTING,
     RECENT_LIMIT,
     AdapterUse,
+    LoadedModel,
     ModelLibrary,
     describe,
     model_key,
@@ -121,6 +122,11 @@ def test_the_list_shows_an_exports_verification_figures(tmp_path: Path) -> None:
     assert describe(read_model_info(unchecked)).endswith(" MB · not verified")
     assert describe(read_model_info(garbled)).endswith(" MB · not verified")
     assert describe(read_model_info(theirs)).endswith(" MB")
+    # The status bar says it for the model in use, where the facts line is cut short by the window.
+    in_use = LoadedModel(loaded(checked), model_key(checked), embedded=False)
+    assert in_use.status() == f"checked · {in_use.offload} · verified (quick, 319 tokens): KLD 0.0052, top-1 94.7%"
+    other = LoadedModel(loaded(theirs), model_key(theirs), embedded=False)
+    assert other.status() == f"theirs · {other.offload}"
 
 
 @pytest.mark.parametrize("fields", [

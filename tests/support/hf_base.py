@@ -64,33 +64,18 @@ def release_config(spec: BaseSpec) -> dict[str, Any]:
 
 
 def release_config_gemma2(spec: BaseSpec, vocab_size: int) -> dict[str, Any]:
-    """config.json of a Gemma-2 model of the catalog's shape (Google's release fields), with `vocab_size` rows."""
+    """config.json of a Gemma-2 model of the catalog's shape, with `vocab_size` rows: Gemma-3's fields
+    where the two agree, Gemma-2's own over them (soft-capping, alternating layers, one RoPE base)."""
+    gemma3_only = ("_sliding_window_pattern", "rope_local_base_freq", "rope_scaling", "use_bidirectional_attention")
+    config = {k: v for k, v in release_config(spec).items() if k not in gemma3_only}
     return {
+        **config,
         "architectures": ["Gemma2ForCausalLM"],
         "model_type": "gemma2",
-        "attention_bias": False,
-        "attention_dropout": 0.0,
         "attn_logit_softcapping": 50.0,
-        "bos_token_id": 2,
-        "eos_token_id": 1,
-        "pad_token_id": 0,
         "final_logit_softcapping": 30.0,
-        "head_dim": spec.head_dim,
-        "hidden_activation": "gelu_pytorch_tanh",
-        "hidden_size": spec.hidden_size,
-        "initializer_range": 0.02,
-        "intermediate_size": spec.intermediate_size,
         "layer_types": ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(spec.n_layers)],
-        "max_position_embeddings": spec.context_length,
-        "num_attention_heads": spec.n_heads,
-        "num_hidden_layers": spec.n_layers,
-        "num_key_value_heads": spec.n_kv_heads,
-        "query_pre_attn_scalar": spec.head_dim,
-        "rms_norm_eps": 1e-06,
         "rope_theta": 10000.0,
-        "sliding_window": spec.sliding_window,
-        "torch_dtype": "float32",
-        "use_cache": True,
         "vocab_size": vocab_size,
     }
 

@@ -188,7 +188,7 @@ class ModelPresenter(QObject):
         self.settings_panel.show_settings(chat)
         current = self.library.current
         assert current is not None
-        self.status.show_model(f"{current.title or loaded.info.name} · {current.offload}")
+        self.status.show_model(current.status())
         self.status.show_context(0, current.n_ctx)
         self.model_bar.set_details(describe(loaded.info))
         self._end_load()
@@ -210,8 +210,7 @@ class ModelPresenter(QObject):
         saved = self.library.abort_load()
         self._end_load()
         current = self.library.current
-        self.status.show_model(prefix + (f"{current.title or current.info.name} · {current.offload}"
-                                         if current else "No model loaded"))
+        self.status.show_model(prefix + (current.status() if current else "No model loaded"))
         if saved is not None:
             self.settings_panel.show_settings(*saved)
         self.model_bar.select(self.library.selected_key())

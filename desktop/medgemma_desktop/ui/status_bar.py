@@ -16,7 +16,7 @@ class StatusBar(QStatusBar):
         self.setObjectName("statusBar")
         self.offload_label = QLabel("No model loaded", self)
         self.offload_label.setTextFormat(Qt.TextFormat.PlainText)  # shows the GGUF's general.name
-        self.offload_label.setAccessibleName("GPU offload status")
+        self.offload_label.setAccessibleName("Model in use, GPU offload and check")
         self.speed_label = QLabel("", self)
         self.speed_label.setAccessibleName("Generation speed")
         self.context_label = QLabel("", self)
