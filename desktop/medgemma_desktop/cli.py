@@ -25,12 +25,10 @@ def parse_gpu(value: str) -> str | int:
 def parse_adapter(value: str) -> tuple[Path, float]:
     """FILE or FILE:SCALE (a colon followed by anything but a number stays part of the path)."""
     path, colon, scale = value.rpartition(":")
-    if colon:
-        try:
-            return Path(path), float(scale)
-        except ValueError:
-            pass
-    return Path(value), 1.0
+    try:
+        return (Path(path), float(scale)) if colon else (Path(value), 1.0)
+    except ValueError:
+        return Path(value), 1.0
 
 
 def parse_switch(value: str) -> bool:

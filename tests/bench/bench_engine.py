@@ -39,8 +39,7 @@ def engine_path(engine: Engine, n: int) -> float:
     assert engine.llm is not None
     engine.llm.reset()
     settings = GenerationSettings(temperature=0.0, top_k=1, top_p=1.0, max_tokens=n)
-    for _ in engine.stream(PROMPT, settings):
-        pass
+    list(engine.stream(PROMPT, settings))  # the figures come from the engine once the stream ends
     stats = engine.last_stats
     assert stats is not None
     if stats.generated_tokens < n:

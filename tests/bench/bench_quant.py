@@ -84,11 +84,9 @@ def decode_speed(path: Path, tokens: int) -> float:
     engine.load(path, LoadOptions(n_ctx=512, gpu="cpu"))
     try:
         settings = GenerationSettings(temperature=0.0, top_k=1, top_p=1.0, max_tokens=tokens)
-        for _ in engine.stream(PROMPT, GenerationSettings(temperature=0.0, top_k=1, max_tokens=4)):
-            pass  # warm-up: pages in the weights
+        list(engine.stream(PROMPT, GenerationSettings(temperature=0.0, top_k=1, max_tokens=4)))  # warm-up: pages in the weights
         engine.llm.reset()  # type: ignore[union-attr]
-        for _ in engine.stream(PROMPT, settings):
-            pass
+        list(engine.stream(PROMPT, settings))  # the figures come from the engine once the stream ends
         stats = engine.last_stats
         assert stats is not None
         return stats.decode_tok_per_s
