@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,16 @@ from medgemma_desktop.engine import Engine
 from medgemma_desktop.history import History
 from medgemma_desktop.ui.main_window import NOTICE_SETTING, MainWindow
 from tests.support.window_steps import load_model
+
+
+@pytest.fixture(autouse=True)
+def free_qt_garbage_here() -> Iterator[None]:
+    """After each test (and pytest-qt's closing of its widgets): Qt objects the test left in
+    reference cycles are freed on this, the GUI thread, not later by whichever thread next
+    crosses the collector's threshold (a writer thread in a history test, a converter's worker)."""
+    yield
+    gc.collect()
+
 
 @pytest.fixture
 def history(medgemma_home: Path) -> Iterator[History]:

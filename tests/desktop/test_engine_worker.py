@@ -12,6 +12,7 @@ from PySide6.QtCore import QObject, QThread, Signal, Slot
 from medgemma_desktop.generation import CANNOT_OPEN, GenerationRequest, Loaded, LoadRequest
 from medgemma_desktop.settings import ChatSettings, LoadOptions
 from medgemma_desktop.ui.engine_worker import EngineWorker
+from medgemma_desktop.ui.gui_gc import GuiThreadCollector
 from medgemma_models.gguf_info import ModelInfo
 from tests.support.scripted_engine import THINK_SCRIPT, ScriptedEngine
 
@@ -28,6 +29,7 @@ class Requests(QObject):
 
 @pytest.fixture
 def worker(qtbot) -> Iterator[tuple[EngineWorker, Requests]]:
+    collector = GuiThreadCollector()  # as the window does while its engine thread runs
     thread = QThread()
     worker = EngineWorker(partial(ScriptedEngine, delay=0.01))
     worker.moveToThread(thread)
@@ -41,6 +43,7 @@ def worker(qtbot) -> Iterator[tuple[EngineWorker, Requests]]:
     thread.quit()
     thread.wait()
     worker.shutdown()
+    collector.stop()
 
 
 class Collector(QObject):

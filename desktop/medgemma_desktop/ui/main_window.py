@@ -25,6 +25,7 @@ from .chat_view import ChatView
 from .composer import Composer
 from .dialogs import NoticeDialog, problem_box
 from .engine_worker import EngineWorker, GenerationRelay
+from .gui_gc import GuiThreadCollector
 from .model_bar import ModelBar
 from .model_presenter import ModelPresenter
 from .settings_panel import SettingsPanel
@@ -116,6 +117,8 @@ class MainWindow(QMainWindow):
             QShortcut(keys, self).activated.connect(slot)
 
     def _start_worker(self, engine_factory: Callable[[], EngineLike]) -> None:
+        # Before the thread starts: garbage it would otherwise collect may hold Qt objects.
+        self._collector = GuiThreadCollector(self)
         self._thread = QThread(self)
         self._thread.setObjectName("engine")
         self.worker = EngineWorker(engine_factory)
@@ -228,6 +231,7 @@ class MainWindow(QMainWindow):
         self._thread.quit()
         self._thread.wait()  # the stop flags above make this a wait of at most one token
         self.worker.shutdown()
+        self._collector.stop()
         # Results the worker sent before it stopped must not reach a window whose history may be closed.
         for receiver in (self, self._relay, self.models, self.status):
             QCoreApplication.removePostedEvents(receiver, QEvent.Type.MetaCall)
