@@ -5,8 +5,8 @@ engine thread allocates on every load-progress step and every token. A Qt object
 there (a closed window's or dialog's widget tree held in a reference cycle) is queued by
 shiboken to be deleted on the GUI thread, and the GUI thread then crashed running that queue:
 SIGSEGV in `Shiboken::BindingManager::runDeletionInMainThread` while a model loaded (seen in
-CI and locally). So the automatic collector is switched off and a GUI-thread timer does its
-work instead, by the same thresholds. Objects freed by reference counting are not affected.
+CI and locally). So the automatic collector is switched off and a GUI-thread timer collects
+instead. Objects freed by reference counting are not affected.
 """
 
 from __future__ import annotations
@@ -53,7 +53,6 @@ class GuiThreadCollector(QObject):
         self._timer.setInterval(COLLECT_INTERVAL_MS)
         self._timer.timeout.connect(self.collect)
         _hold()
-        self._holding = True
         self._timer.start()
 
     @Slot()
@@ -67,10 +66,8 @@ class GuiThreadCollector(QObject):
         gc.collect(2 if counts[2] > thresholds[2] else 1 if counts[1] > thresholds[1] else 0)
 
     def stop(self) -> None:
-        """Hand collection back (once the threads it guarded against have ended), after a last round."""
-        if not self._holding:
+        """Hand collection back, once the thread it guarded against has ended."""
+        if not self._timer.isActive():
             return
         self._timer.stop()
-        self._holding = False
         _release()
-        gc.collect()
