@@ -12,33 +12,30 @@ instead. Objects freed by reference counting are not affected.
 from __future__ import annotations
 
 import gc
-import threading
 
 from PySide6.QtCore import QObject, QTimer, Slot
 
 # Mostly the youngest objects (microseconds); about once a minute, everything (~30 ms in the app).
 COLLECT_INTERVAL_MS = 500
 
-_lock = threading.Lock()
+# Collectors are made and stopped on the GUI thread only (their timer needs it): no lock.
 _holders = 0
 _was_enabled = False
 
 
 def _hold() -> None:
     global _holders, _was_enabled
-    with _lock:
-        if _holders == 0:
-            _was_enabled = gc.isenabled()
-            gc.disable()
-        _holders += 1
+    if _holders == 0:
+        _was_enabled = gc.isenabled()
+        gc.disable()
+    _holders += 1
 
 
 def _release() -> None:
     global _holders
-    with _lock:
-        _holders -= 1
-        if _holders == 0 and _was_enabled:
-            gc.enable()
+    _holders -= 1
+    if _holders == 0 and _was_enabled:
+        gc.enable()
 
 
 class GuiThreadCollector(QObject):
