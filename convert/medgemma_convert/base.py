@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from medgemma_models.errors import ConversionError
+from medgemma_models.gguf_info import GEMMA_ARCHITECTURES
 
 from . import hub
 from .json_input import read_json_object
@@ -24,7 +25,6 @@ from .vocab import Vocab, load_vocab
 # Hugging Face architectures and model types this converter writes (text models only).
 HF_ARCHITECTURES = {"Gemma3ForCausalLM": "gemma3", "Gemma3ForConditionalGeneration": "gemma3", "Gemma2ForCausalLM": "gemma2"}
 MODEL_TYPES = {"gemma3_text": "gemma3", "gemma3": "gemma3", "gemma2": "gemma2"}
-GGUF_ARCHITECTURES = ("gemma3", "gemma2")
 # Sizes read from config.json, and the defaults the GGUF writer assumes for the optional ones.
 _REQUIRED_SIZES = ("num_hidden_layers", "hidden_size", "intermediate_size")
 _SIZE_DEFAULTS = {"num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 256}
@@ -226,7 +226,7 @@ def _resolve_gguf(source: str, path: Path) -> ResolvedBase:
         raise ConversionError(f"base {path.name} is not a readable GGUF file ({exc})") from exc
     field = reader.get_field(gguf.Keys.General.ARCHITECTURE)
     arch = field.contents() if field is not None else None
-    if arch not in GGUF_ARCHITECTURES:
+    if arch not in GEMMA_ARCHITECTURES:
         raise ConversionError(f"base {path.name} is a {arch} model; only Gemma-2 and Gemma-3 text models are supported")
     hparams = {
         f.name: f.contents() for f in reader.fields.values()

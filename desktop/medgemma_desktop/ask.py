@@ -1,10 +1,10 @@
 """One question through the window's own path, with no window: `medgemma-desktop --ask` and the demo's evaluation.
 
 The same pieces as the window, minus Qt: `ModelLibrary` picks the model (the app's default
-without one) and its preset (from the adapter's or the file's provenance), `generation.open_model`
-loads the base and attaches the adapters, and a `ChatSession` driven by `DirectBackend` builds
-the prompt, streams the answer and splits off the reasoning. The session's history is a
-throwaway database, so a question asked here never reads or changes the user's chats or the
+without one) and its preset (from the adapter's or the file's provenance), `resolve` finds an
+adapter's base, a `Runtime` loads it and runs the answer (building the prompt, streaming, splitting
+off the reasoning), and a `ChatSession` keeps the chat as the window's does. The session's history
+is a throwaway database, so a question asked here never reads or changes the user's chats or the
 settings remembered for a model: the answer depends only on the arguments.
 """
 
@@ -18,12 +18,15 @@ from pathlib import Path
 from typing import Any
 
 from medgemma_models.errors import MedGemmaError
-from .adapters import read_adapter
-from .conversation import PromptPlan
-from .engine import Engine, GenerationStats
-from .generation import AdapterUse, DirectBackend, EngineLike, LoadRequest, open_model
+
+from .answer import AnswerStats
+from .engine import Engine
+from .events import Finished, LoadCancelled, LoadError, ModelReady, PromptPlanned, RuntimeEvent
+from .generation import AdapterUse, EngineLike, Loaded, LoadFailed, ModelRequest
 from .history import History
-from .library import ModelLibrary, adapter_records, base_candidates, find_base, is_embedded_file
+from .library import ModelLibrary, adapter_records
+from .resolve import resolve
+from .runtime import Runtime, RuntimeBackend
 from .session import ChatSession, SessionListener
 from .settings import ChatSettings, LoadSettings
 
@@ -60,7 +63,7 @@ class _Collector(SessionListener):
     def __init__(self) -> None:
         self.answer: list[str] = []
         self.reasoning: list[str] = []
-        self.stats: GenerationStats | None = None
+        self.stats: AnswerStats | None = None
         self.failure: str | None = None
 
     def answer_grew(self, answer: str, reasoning: str, reasoning_tokens: int) -> None:
@@ -70,79 +73,78 @@ class _Collector(SessionListener):
     def problem(self, title: str, message: str) -> None:
         self.failure = message
 
-    def answer_done(self, stats: GenerationStats | None) -> None:
+    def answer_done(self, stats: AnswerStats | None) -> None:
         self.stats = stats
 
 
-class _PlanRecorder:
-    """Passes the backend's events to the session, keeping the prompt plan for the result."""
+class _Recorder:
+    """Passes the runtime's events to the session, keeping the prompt plan and the raw text for the result."""
 
     def __init__(self, session: ChatSession) -> None:
         self.session = session
-        self.plan: PromptPlan | None = None
-        self.pieces: list[str] = []
+        self.plan: PromptPlanned | None = None
+        self.text = ""
 
-    def on_prompt_planned(self, plan: PromptPlan) -> None:
-        self.plan = plan
-        self.session.on_prompt_planned(plan)
-
-    def on_piece(self, text: str) -> None:
-        self.pieces.append(text)
-        self.session.on_piece(text)
-
-    def on_finished(self, stats: GenerationStats) -> None:
-        self.session.on_finished(stats)
-
-    def on_failed(self, message: str) -> None:
-        self.session.on_failed(message)
+    def __call__(self, event: RuntimeEvent) -> None:
+        if isinstance(event, PromptPlanned):
+            self.plan = event
+        elif isinstance(event, Finished):
+            self.text = event.text
+        self.session.handle(event)
 
 
-def choose_base(model: Path | None, adapters: Sequence[AdapterUse]) -> Path | None:
-    """The base for `adapters` when no model is named: the first known file the first adapter fits
-    (its provenance's base first), else the embedded model (None), where a misfit is then refused."""
-    if model is not None or not adapters:
-        return model
-    adapter = read_adapter(adapters[0].path)
-    base = find_base(adapter, base_candidates(adapter.base))
-    return None if base is None or is_embedded_file(base) else base
+def load_model(runtime: Runtime, request: ModelRequest) -> Loaded:
+    """Load `request` on `runtime` and wait for it; LoadFailed names the file that cannot be used."""
+    outcome: list[RuntimeEvent] = []
+    runtime.load(request, outcome.append).wait()
+    last = outcome[-1] if outcome else None
+    if isinstance(last, ModelReady):
+        return last.loaded
+    if isinstance(last, LoadError):
+        raise LoadFailed(last.title, last.message)
+    raise LoadFailed("Could not load the model", "the load was cancelled" if isinstance(last, LoadCancelled) else "no answer")
 
 
 class Asker:
     """A model loaded once, answering one question at a time, each in a new chat. Close it after use."""
 
     def __init__(self, model: Path | None = None, adapters: Sequence[AdapterUse] | None = None,
-                 load: LoadSettings = LoadSettings(), engine_factory: Callable[[], EngineLike] = Engine) -> None:
+                 load: LoadSettings = LoadSettings(), engine_factory: Callable[[], EngineLike] = Engine,
+                 runtime: Runtime | None = None) -> None:
         """`model` None and `adapters` None: the app's default (the demo reasoning combination when shipped).
+        `runtime`: one to share (it stays open); else one of its own.
 
         Raises MedGemmaError (generation.LoadFailed) naming the file that cannot be used.
         """
         self._folder = tempfile.TemporaryDirectory(prefix="medgemma-ask-")
-        self.engine: EngineLike | None = None
+        self._own_runtime = runtime is None
+        self.runtime: Runtime | None = runtime if runtime is not None else Runtime(engine_factory)
         self.history: History | None = None
         try:
             self.history = History(Path(self._folder.name) / "history.sqlite3")
             self.library = ModelLibrary(self.history)
             if model is None and adapters is None:
                 path, chosen = self.library.default_choice()
+                request = ModelRequest(path, chosen, load.options())
             else:
-                chosen = tuple(adapters or ())
-                path = choose_base(model, chosen)
+                request = resolve(model, tuple(adapters or ()), options=load.options())
             self.load_settings = load
-            self.library.begin_load(path, chosen)
-            self.engine, loaded = open_model(engine_factory, LoadRequest(path, load.options(), chosen))
+            self.library.begin_load(request.base, request.adapters)
+            loaded = load_model(self.runtime, request)
             self.chat_settings = self.library.finish_load(loaded, ChatSettings.from_dict({}), load)
             current = self.library.current
             assert current is not None
             self.title = current.title or loaded.info.name
-            backend = DirectBackend(self.engine)
-            self.session = ChatSession(self.history, backend)
-            self.recorder = _PlanRecorder(self.session)
-            backend.attach(self.recorder)
+            self.session = ChatSession(self.history, RuntimeBackend(self.runtime, self._deliver, wait=True))
+            self.recorder = _Recorder(self.session)
             self.session.use_model(loaded.info, loaded.sha256, current.title or None,
                                    adapter_records(loaded, current.adapters))
         except BaseException:
             self.close()
             raise
+
+    def _deliver(self, event: RuntimeEvent) -> None:
+        self.recorder(event)
 
     def ask(self, question: str, think: bool | None = None, seed: int | None = None, **overrides: Any) -> AskResult:
         """Answer `question` in a new chat; `think` None keeps the preset's default (on).
@@ -161,13 +163,11 @@ class Asker:
         self.session.use_settings(settings, self.load_settings)
         self.session.seed = seed
         self.session.new_chat()
-        self.recorder.plan, self.recorder.pieces = None, []
-        self.session.send(question)  # the direct backend answers before this returns
+        self.recorder.plan, self.recorder.text = None, ""
+        self.session.send(question)  # the backend waits: the answer is complete when this returns
         if collector.stats is None or self.recorder.plan is None:
             raise AskFailed(f"the answer failed: {collector.failure or 'no answer'}")
         stats = collector.stats
-        assert self.session.chat_id is not None
-        saved = self.session.history.messages(self.session.chat_id)[-1]
         return AskResult(
             reasoning="".join(collector.reasoning).strip(),
             answer="".join(collector.answer).strip(),
@@ -176,18 +176,18 @@ class Asker:
             generated_tokens=stats.generated_tokens,
             ttft_ms=round(stats.ttft_ms, 1),
             decode_tok_per_s=round(stats.decode_tok_per_s, 1),
-            unterminated_reasoning=bool(saved.meta.get("unterminated_reasoning")),
-            text="".join(self.recorder.pieces),
+            unterminated_reasoning=stats.unterminated_reasoning,
+            text=self.recorder.text,
             model=self.title,
             preset=settings.preset,
             think=settings.think_enabled,
-            prompt=str(self.recorder.plan.text),  # a plain string, not the formatter's segmented one
+            prompt=self.recorder.plan.plan.prompt.text,  # for reading: the markers spelled out
         )
 
     def close(self) -> None:
-        if self.engine is not None:
-            self.engine.close()
-            self.engine = None
+        if self.runtime is not None and self._own_runtime:
+            self.runtime.close()
+        self.runtime = None
         if self.history is not None:
             self.history.close()
             self.history = None

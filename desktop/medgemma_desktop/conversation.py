@@ -14,7 +14,7 @@ from typing import Protocol
 
 from medgemma_models.catalog import Preset
 from medgemma_models.errors import PromptTooLongError
-from medgemma_models.prompt import THINK_CLOSE, THINK_OPEN, Turn
+from medgemma_models.prompt import THINK_CLOSE, THINK_OPEN, Prompt, Turn
 from medgemma_models.reasoning import strip_reasoning
 
 
@@ -28,11 +28,16 @@ class ChatMessage(Protocol):
 
 @dataclass(frozen=True)
 class PromptPlan:
-    """The prompt to send; `dropped_turns` > 0 means that many earlier messages were left out."""
+    """The prompt to send and its token ids, computed once here and handed to the engine as they are;
+    `dropped_turns` > 0 means that many earlier messages were left out."""
 
-    text: str
-    prompt_tokens: int
+    prompt: Prompt
+    tokens: tuple[int, ...]
     dropped_turns: int
+
+    @property
+    def prompt_tokens(self) -> int:
+        return len(self.tokens)
 
 
 @dataclass(frozen=True)
@@ -94,7 +99,7 @@ def build_prompt(
     send_reasoning_back: bool,
     n_ctx: int,
     max_tokens: int,
-    count_tokens: Callable[[str], int],
+    tokenize: Callable[[Prompt], Sequence[int]],
 ) -> PromptPlan:
     """The prompt for the answer to the chat's last (user) message, fitted into `n_ctx`.
 
@@ -109,20 +114,20 @@ def build_prompt(
     if preset.format == "completion":
         # Completion adapters were trained on single cases: only the newest message is used,
         # by design, so nothing counts as left out for lack of room.
-        text = preset.build_prompt([turns[-1].turn], system=system, think=think)
-        tokens = count_tokens(text)
-        if tokens > budget:
-            raise _too_long(tokens, max_tokens, n_ctx)
-        return PromptPlan(text, tokens, 0)
+        prompt = preset.build_prompt([turns[-1].turn], system=system, think=think)
+        tokens = tuple(tokenize(prompt))
+        if len(tokens) > budget:
+            raise _too_long(len(tokens), max_tokens, n_ctx)
+        return PromptPlan(prompt, tokens, 0)
 
     # turns = u1 m1 u2 m2 … uN: the pairs (u2 m2) … (u(N-1) m(N-1)) may be left out.
     droppable = max(0, (len(turns) - 3) // 2)
 
     def attempt(pairs: int) -> PromptPlan:
         kept = turns[:2] + turns[2 + 2 * pairs:] if pairs else turns
-        text = preset.build_prompt([t.turn for t in kept], system=system, think=think)
+        prompt = preset.build_prompt([t.turn for t in kept], system=system, think=think)
         dropped = sum(t.messages for t in turns[2:2 + 2 * pairs])
-        return PromptPlan(text, count_tokens(text), dropped)
+        return PromptPlan(prompt, tuple(tokenize(prompt)), dropped)
 
     plan = attempt(0)
     if plan.prompt_tokens <= budget:

@@ -12,7 +12,6 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,8 +21,10 @@ from medgemma_models.errors import MedGemmaError, ModelLoadError
 from medgemma_models.gguf_info import ModelInfo, read_model_info
 from medgemma_models.llama_cpp_compat import model_params_with_progress
 from medgemma_models.llama_log import app_log
+from medgemma_models.prompt import Prompt
 
 from . import adapters as runtime_adapters
+from .answer import GenerationStats, LoadCancelledError, OffloadReport
 from .forced_offload import split_mode, supports_gpu_offload
 from .prompt_tokens import tokenize_prompt
 from .settings import GenerationSettings, GpuSetting, LoadOptions
@@ -31,42 +32,7 @@ from .settings import GenerationSettings, GpuSetting, LoadOptions
 if TYPE_CHECKING:
     from .generation import AdapterUse
 
-__all__ = ["Engine", "GenerationSettings", "GenerationStats", "LoadCancelled", "LoadOptions", "OffloadReport"]
-
 log = logging.getLogger(__name__)
-
-
-class LoadCancelled(MedGemmaError):
-    """The user cancelled a model load."""
-
-
-@dataclass(frozen=True)
-class GenerationStats:
-    prompt_tokens: int
-    reused_tokens: int
-    generated_tokens: int
-    ttft_ms: float
-    decode_tok_per_s: float
-    finish_reason: str  # "stop", "length" or "cancelled"
-
-
-@dataclass(frozen=True)
-class OffloadReport:
-    requested: GpuSetting
-    n_gpu_layers: int
-    n_layers: int
-    backend: str  # "CPU", "CUDA", "Metal", ...
-    fallback_reason: str | None = None
-
-    def describe(self) -> str:
-        """What happened, in the words the status bar shows."""
-        if self.fallback_reason:
-            return f"CPU ({self.backend} failed: {self.fallback_reason}; retried on CPU)"
-        if self.n_gpu_layers == 0:
-            if self.backend == "CPU":
-                return "CPU (this build has no GPU offload)"
-            return f"CPU (offload off; this build has {self.backend})"
-        return f"{self.backend}: {min(self.n_gpu_layers, self.n_layers)} of {self.n_layers} layers"
 
 
 def gpu_backend_name(system_info: str, supports_offload: bool) -> str:
@@ -90,6 +56,39 @@ def choose_gpu_layers(setting: GpuSetting, supports_offload: bool, n_layers: int
     if layers < 0:
         raise ValueError("the number of GPU layers cannot be negative")
     return min(layers, n_layers + 1)
+
+
+class StopText:
+    """Cuts the answer at the first of the request's stop strings, which is not shown.
+
+    Text that could still be the start of a stop string is held back until the next piece
+    decides it, so nothing is shown that a stop string would have cut.
+    """
+
+    def __init__(self, stops: Sequence[str]) -> None:
+        self.stops = tuple(stop for stop in stops if stop)
+        self.held = ""
+        self.stopped = False
+
+    def feed(self, text: str) -> str:
+        if not self.stops:
+            return text
+        self.held += text
+        cuts = [index for index in (self.held.find(stop) for stop in self.stops) if index >= 0]
+        if cuts:
+            self.stopped = True
+            shown, self.held = self.held[: min(cuts)], ""
+            return shown
+        keep = max((n for stop in self.stops for n in range(min(len(stop) - 1, len(self.held)), 0, -1)
+                    if self.held.endswith(stop[:n])), default=0)
+        shown, self.held = self.held[: len(self.held) - keep], self.held[len(self.held) - keep:]
+        return shown
+
+    def finish(self, tail: str) -> str:
+        """The text held back when the answer ends for another reason: it was no stop string."""
+        text = self.feed(tail) if tail and not self.stopped else ""
+        text, self.held = text + self.held, ""
+        return text
 
 
 class Engine:
@@ -133,7 +132,7 @@ class Engine:
         errors_before = llama_log.errors_seen
         try:
             llm = self._open(info.path, options, layers, progress)
-        except LoadCancelled:
+        except LoadCancelledError:
             raise
         except (ValueError, RuntimeError, OSError) as exc:
             if layers == 0:
@@ -178,7 +177,7 @@ class Engine:
                 )
             except (ValueError, RuntimeError) as exc:
                 if cancelled:
-                    raise LoadCancelled("model load cancelled") from exc
+                    raise LoadCancelledError("model load cancelled") from exc
                 raise
 
     def set_adapters(self, adapters: Sequence[AdapterUse]) -> None:
@@ -203,12 +202,9 @@ class Engine:
             raise ModelLoadError("no model is loaded")
         return self.llm
 
-    def tokenize(self, text: str) -> list[int]:
+    def tokenize(self, prompt: Prompt) -> list[int]:
         """Tokens of a prompt that carries its own <bos> and turn markers (only those are control tokens)."""
-        return tokenize_prompt(self._require(), text)
-
-    def count_tokens(self, text: str) -> int:
-        return len(self.tokenize(text))
+        return tokenize_prompt(self._require(), prompt)
 
     def cached_prefix(self, tokens: list[int]) -> int:
         """How many leading tokens of `tokens` are already in the KV cache."""
@@ -224,16 +220,18 @@ class Engine:
 
     def stream(
         self,
-        prompt: str,
+        prompt: Prompt | Sequence[int],
         settings: GenerationSettings = GenerationSettings(),
         should_stop: Callable[[], bool] = lambda: False,
     ) -> Iterator[str]:
-        """Yield the answer's text piece by piece; `last_stats` is set when it ends.
+        """Yield the answer's text, one piece per generated token (a piece can be empty while a
+        character's UTF-8 bytes are still arriving); `last_stats` is set when it ends.
 
+        `prompt` is a `Prompt` or its token ids (already tokenized by the prompt's budget step).
         `should_stop` is checked between tokens, so a stop takes effect within one token.
         """
         llm = self._require()
-        tokens = self.tokenize(prompt)
+        tokens = list(prompt) if not isinstance(prompt, (Prompt, str)) else self.tokenize(prompt)
         if len(tokens) + 1 > llm.n_ctx():
             raise MedGemmaError(f"the prompt has {len(tokens)} tokens; the context holds {llm.n_ctx()}")
         max_tokens = max(0, min(settings.max_tokens, llm.n_ctx() - len(tokens)))
@@ -242,6 +240,7 @@ class Engine:
             llm.set_seed(settings.seed)
         vocab = llama_cpp.llama_model_get_vocab(llm.model)
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        stop_text = StopText(settings.stop)
         start = time.perf_counter()
         first_at: float | None = None
         last_at = start
@@ -268,15 +267,16 @@ class Engine:
                     finish = "stop"
                     break
                 generated += 1
-                text = decoder.decode(llm.detokenize([token]))
-                if text:
-                    yield text
+                yield stop_text.feed(decoder.decode(llm.detokenize([token])))
+                if stop_text.stopped:
+                    finish = "stop"
+                    break
                 if generated >= max_tokens:
                     break
                 if should_stop():
                     finish = "cancelled"
                     break
-            tail = decoder.decode(b"", final=True)
+            tail = stop_text.finish(decoder.decode(b"", final=True))
             if tail:
                 yield tail
         finally:

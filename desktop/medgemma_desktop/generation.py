@@ -1,14 +1,14 @@
 """What the chat needs of an engine, and the two things it asks of one: load a model, stream an answer.
 
-Qt-free: the window's worker thread runs these and forwards their events as signals; a
-headless caller runs them directly (`DirectBackend`). Either way the same code decides the
-prompt, the stop and what a failure says.
+Qt-free: the runtime's engine thread runs these (`runtime.Runtime`), for the window, `--ask` and
+the server alike, so the same code decides the prompt, splits the reasoning from the answer,
+handles the stop and says what a failure is.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,11 +18,14 @@ from medgemma_models.catalog import Preset
 from medgemma_models.errors import MedGemmaError
 from medgemma_models.files import sha256_file
 from medgemma_models.gguf_info import ModelInfo, read_model_info
+from medgemma_models.prompt import Prompt
+from medgemma_models.reasoning import ReasoningSplitter, Segment
 from medgemma_models.store import default_model
 
-from .adapters import AdapterFile, check_fits, read_adapter
-from .conversation import ChatMessage, PromptPlan, build_prompt
-from .engine import GenerationStats, LoadCancelled, OffloadReport
+from .adapter_files import AdapterFile, check_fits, read_adapter
+from .answer import AnswerStats, GenerationStats, LoadCancelledError, OffloadReport
+from .conversation import ChatMessage, build_prompt
+from .events import AnswerPiece, Failed, Finished, PromptPlanned, ReasoningPiece, RuntimeEvent
 from .settings import GenerationSettings, LoadOptions
 
 log = logging.getLogger(__name__)
@@ -45,9 +48,9 @@ class EngineLike(Protocol):
 
     def set_adapters(self, adapters: Sequence[AdapterUse]) -> None: ...
 
-    def count_tokens(self, text: str) -> int: ...
+    def tokenize(self, prompt: Prompt) -> list[int]: ...
 
-    def stream(self, prompt: str, settings: GenerationSettings,
+    def stream(self, prompt: Prompt | Sequence[int], settings: GenerationSettings,
                should_stop: Callable[[], bool] = ...) -> Iterator[str]: ...
 
     def close(self) -> None: ...
@@ -62,10 +65,12 @@ class AdapterUse:
 
 
 @dataclass(frozen=True)
-class LoadRequest:
-    path: Path | None  # None: the embedded default model, assembled into the store on first use
-    options: LoadOptions
+class ModelRequest:
+    """A model to load: a base file with GGUF LoRA adapters on it at run time."""
+
+    base: Path | None  # None: the embedded default model, assembled into the store on first use
     adapters: tuple[AdapterUse, ...] = ()
+    options: LoadOptions = LoadOptions()
 
 
 @dataclass(frozen=True)
@@ -101,27 +106,15 @@ class GenerationRequest:
     send_reasoning_back: bool
 
 
-class GenerationEvents(Protocol):
-    """Where an answer's progress goes: the chat session, directly or through the worker's signals."""
-
-    def on_prompt_planned(self, plan: PromptPlan) -> None: ...
-
-    def on_piece(self, text: str) -> None: ...
-
-    def on_finished(self, stats: GenerationStats) -> None: ...
-
-    def on_failed(self, message: str) -> None: ...
-
-
-def open_model(factory: Callable[[], EngineLike], request: LoadRequest,
+def open_model(factory: Callable[[], EngineLike], request: ModelRequest,
                progress: Callable[[float], bool] | None = None) -> tuple[EngineLike, Loaded]:
     """Check the file, then load it into a new engine from `factory`.
 
-    Raises `LoadFailed` (with a dialog title) or `LoadCancelled`; a new engine that failed is closed.
+    Raises `LoadFailed` (with a dialog title) or `LoadCancelledError`; a new engine that failed is closed.
     """
-    name = request.path.name if request.path is not None else "the embedded model"
+    name = request.base.name if request.base is not None else "the embedded model"
     try:
-        path = request.path if request.path is not None else default_model()
+        path = request.base if request.base is not None else default_model()
         info = read_model_info(path)
     except MedGemmaError as exc:
         raise LoadFailed(CANNOT_OPEN, str(exc)) from exc
@@ -137,7 +130,7 @@ def open_model(factory: Callable[[], EngineLike], request: LoadRequest,
         report = engine.load(path, request.options, progress=progress)
         if request.adapters:
             engine.set_adapters(request.adapters)
-    except LoadCancelled:
+    except LoadCancelledError:
         engine.close()
         raise
     except MedGemmaError as exc:
@@ -167,9 +160,13 @@ def check_adapters(adapters: Sequence[AdapterUse], base: Path) -> tuple[AdapterF
     return tuple(files)
 
 
-def run_generation(engine: EngineLike, request: GenerationRequest, events: GenerationEvents,
+def run_generation(engine: EngineLike, request: GenerationRequest, emit: Callable[[RuntimeEvent], None],
                    should_stop: Callable[[], bool]) -> None:
-    """Build the prompt with the engine's tokenizer, then stream the answer piece by piece to `events`."""
+    """Build the prompt with the engine's tokenizer, stream the answer, split the reasoning off, and
+    report it all to `emit`: `PromptPlanned`, the pieces, then `Finished` or `Failed`."""
+    splitter = ReasoningSplitter()
+    reasoning_tokens = 0
+    pieces: list[str] = []
     try:
         plan = build_prompt(
             request.preset,
@@ -179,41 +176,38 @@ def run_generation(engine: EngineLike, request: GenerationRequest, events: Gener
             send_reasoning_back=request.send_reasoning_back,
             n_ctx=engine.n_ctx,
             max_tokens=request.settings.max_tokens,
-            count_tokens=engine.count_tokens,
+            tokenize=engine.tokenize,
         )
-        events.on_prompt_planned(plan)
-        for text in engine.stream(plan.text, request.settings, should_stop=should_stop):
-            if text:
-                events.on_piece(text)
-    except MedGemmaError as exc:
-        events.on_failed(str(exc))
-        return
+        emit(PromptPlanned(plan))
+        # The engine yields one piece per generated token: a token counts as reasoning when it
+        # carries reasoning text or one of the tags around it.
+        for piece in engine.stream(plan.tokens, request.settings, should_stop=should_stop):
+            pieces.append(piece)
+            was_reasoning = splitter.in_reasoning
+            segments = splitter.feed(piece)
+            counted = was_reasoning or splitter.in_reasoning or any(s.kind == "reasoning" for s in segments)
+            reasoning_tokens += counted
+            _emit_segments(emit, segments, 1 if counted else 0)
+        _emit_segments(emit, splitter.finish(), 0)
     except Exception as exc:  # the chat must survive a failed generation
-        log.exception("generation failed")
-        events.on_failed(f"{type(exc).__name__}: {exc}")
+        if not isinstance(exc, MedGemmaError):
+            log.exception("generation failed")
+        _emit_segments(emit, splitter.finish(), 0)  # what arrived before the failure is kept
+        emit(Failed(str(exc) if isinstance(exc, MedGemmaError) else f"{type(exc).__name__}: {exc}"))
         return
-    assert engine.last_stats is not None
-    events.on_finished(engine.last_stats)
+    stats = engine.last_stats
+    assert stats is not None
+    emit(Finished(AnswerStats(**dataclasses.asdict(stats), reasoning_tokens=min(reasoning_tokens, stats.generated_tokens),
+                              unterminated_reasoning=splitter.unterminated), "".join(pieces)))
 
 
-class DirectBackend:
-    """Runs answers on the calling thread: for headless use and for tests of the chat session.
-
-    Connect it to a session with `attach(session)` (the session is its events).
-    """
-
-    def __init__(self, engine: EngineLike) -> None:
-        self.engine = engine
-        self.events: GenerationEvents | None = None
-        self._stop = threading.Event()
-
-    def attach(self, events: GenerationEvents) -> None:
-        self.events = events
-
-    def generate(self, request: GenerationRequest) -> None:
-        assert self.events is not None, "attach() the session first"
-        self._stop.clear()
-        run_generation(self.engine, request, self.events, self._stop.is_set)
-
-    def stop(self) -> None:
-        self._stop.set()
+def _emit_segments(emit: Callable[[RuntimeEvent], None], segments: Sequence[Segment], tokens: int) -> None:
+    """The split pieces of one token; its count goes with its reasoning part (a shown count, not a sum)."""
+    if tokens and not any(s.kind == "reasoning" for s in segments):
+        emit(ReasoningPiece("", tokens))  # a token that was only a tag
+    for segment in segments:
+        if segment.kind == "reasoning":
+            emit(ReasoningPiece(segment.text, tokens))
+            tokens = 0
+        else:
+            emit(AnswerPiece(segment.text))

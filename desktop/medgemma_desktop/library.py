@@ -16,13 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from medgemma_models.catalog import DEFAULT_PRESET, preset_for_provenance
-from medgemma_models.errors import MedGemmaError
-from medgemma_models.gguf_info import ModelInfo, human_count, read_model_info
-from medgemma_models.store import DEFAULT_MODEL_NAME, default_model, demo_adapter, list_models, models_dir
+from medgemma_models.gguf_info import ModelInfo, human_count
+from medgemma_models.store import DEFAULT_MODEL_NAME, demo_adapter, list_models, models_dir
 from medgemma_models.store import is_embedded_model as is_embedded_file
 
-from .adapters import AdapterFile, check_fits
 from .generation import AdapterUse, Loaded
+from .resolve import AdapterMatch
 from .history import History
 from .settings import ChatSettings, LoadSettings, stored_settings
 
@@ -34,16 +33,6 @@ LAST_ADAPTERS_SETTING = "last_adapters"
 RECENT_MODELS_SETTING = "recent_models"
 RECENT_COMBINATIONS_SETTING = "recent_combinations"
 RECENT_LIMIT = 12
-# The architectures llama.cpp runs here and this app prompts for.
-GEMMA_ARCHITECTURES = ("gemma2", "gemma3")
-
-
-@dataclass(frozen=True)
-class AdapterMatch:
-    """An adapter file in the list and the base found for it (None: none of the known files fits)."""
-
-    adapter: AdapterFile
-    base: Path | None
 
 
 @dataclass(frozen=True)
@@ -119,53 +108,6 @@ def adapter_label(name: str, scale: float) -> str:
 def combination_title(base: str, adapters: Sequence[tuple[str, float]]) -> str:
     """'Gemma 3 270m + cot ×0.5': the base's name and each adapter's, with its scale when not 1."""
     return " + ".join([base, *(adapter_label(name, scale) for name, scale in adapters)])
-
-
-def base_candidates(named: str | None = None, extra: Sequence[Path] = ()) -> list[Path]:
-    """Files an adapter's base may be: the one its provenance names, the embedded default, the store's, `extra`."""
-    candidates = [Path(named)] if named and named.endswith(".gguf") and Path(named).is_file() else []
-    try:
-        candidates.append(default_model())
-    except MedGemmaError:
-        pass  # no embedded model in this install: the store may still hold the base
-    for path in [*list_models(), *extra]:
-        if path.is_file() and all(path.resolve() != c.resolve() for c in candidates):
-            candidates.append(path)
-    return candidates
-
-
-def find_base(adapter: AdapterFile, candidates: Sequence[Path]) -> Path | None:
-    """A candidate the adapter fits (same architecture, every tensor shape), or None.
-
-    Several may fit (a base and its instruction-tuned sibling have the same shapes): the first that
-    names the adapter's base (medgemma.base) in its own provenance or its file name wins, else the first.
-    """
-    fitting = []
-    for path in candidates:
-        try:
-            check_fits(adapter, path)
-        except MedGemmaError:
-            continue
-        fitting.append(path)
-    named = [path for path in fitting if adapter.base and _names_base(path, adapter.base)]
-    return (named or fitting or [None])[0]
-
-
-def _names_base(path: Path, base: str) -> bool:
-    """Whether a model file says it is `base` (a hub id or a folder): by its provenance, else its file name."""
-    wanted = base.rstrip("/\\").lower()
-    try:
-        said = (read_model_info(path).typed_provenance().base or "").rstrip("/\\").lower()
-    except MedGemmaError:
-        return False
-    name = wanted.replace("\\", "/").rsplit("/", 1)[-1].removesuffix(".gguf")
-    stem = path.stem.lower()
-    return said == wanted or stem == name or stem.startswith(name + "-") and not _sibling(stem, name)
-
-
-def _sibling(stem: str, name: str) -> bool:
-    """`gemma-3-270m-it-…` is not `gemma-3-270m`: an -it/-pt suffix names another model."""
-    return stem[len(name) + 1:].split("-", 1)[0] in ("it", "pt")
 
 
 def describe(info: ModelInfo) -> str:

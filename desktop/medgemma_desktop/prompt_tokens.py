@@ -1,34 +1,27 @@
-"""Prompt text to token ids, where only the prompt formatter's own markers become control tokens.
+"""Prompt to token ids, where only the prompt formatter's own markers become control tokens.
 
 Tokenizing a whole prompt with special tokens parsed would turn `<end_of_turn>` typed by a
 user, or spelled out by a model in an earlier answer, into a real end of turn: a forged turn,
 and a prompt that no longer matches the KV cache. So each segment of a `Prompt` is tokenized on
-its own terms: markers as control tokens, text as text.
+its own terms: markers as control tokens, text as text. A plain string is refused: nothing
+can tell its markers from its text any more.
 """
 
 from __future__ import annotations
 
-import re
-
 import llama_cpp
 
-from medgemma_models.prompt import MARKERS, Prompt, PromptSegment
-
-_MARKER_PATTERN = re.compile("(" + "|".join(re.escape(marker) for marker in MARKERS) + ")")
+from medgemma_models.prompt import Prompt
 
 
-def prompt_segments(prompt: str) -> tuple[PromptSegment, ...]:
-    """A `Prompt`'s own segments; a plain string is a hand-written prompt, split at the markers."""
-    if isinstance(prompt, Prompt):
-        return prompt.segments
-    return tuple(PromptSegment(part, marker=part in MARKERS) for part in _MARKER_PATTERN.split(prompt) if part)
-
-
-def tokenize_prompt(llm: llama_cpp.Llama, prompt: str) -> list[int]:
+def tokenize_prompt(llm: llama_cpp.Llama, prompt: Prompt) -> list[int]:
     """Token ids of `prompt` (which carries its own BOS): markers as control tokens, the rest as text."""
+    if not isinstance(prompt, Prompt):
+        raise TypeError(f"the engine takes a Prompt or token ids, not {type(prompt).__name__}: "
+                        "a string built from a prompt has lost which parts are markers")
     tokens: list[int] = []
     text = ""
-    for segment in prompt_segments(prompt):
+    for segment in prompt.segments:
         if not segment.marker:
             text += segment.text  # neighbouring text is tokenized together, exactly as one string would be
             continue

@@ -9,7 +9,8 @@ from medgemma_models import store
 from medgemma_models.catalog import get_preset
 from medgemma_models.prompt import Turn
 
-from .engine import Engine, GenerationSettings, LoadOptions
+from .engine import Engine
+from .settings import GenerationSettings, LoadOptions
 
 SELF_TEST_QUESTION = "A 58-year-old man has crushing chest pain radiating to his left arm. What is the most likely diagnosis?"
 SELF_TEST_TOKENS = 64

@@ -2,9 +2,9 @@
 
 `ChatSession` keeps the chat's state and saves it through History; whoever shows it (the
 window, or nothing at all) subscribes a `SessionListener` and is told what changed. Answers
-are produced by a backend that takes a `GenerationRequest` and later calls the session's
-`on_prompt_planned` / `on_piece` / `on_finished` / `on_failed` (the window's engine thread
-through queued signals, or `generation.DirectBackend` on the calling thread).
+are produced by a backend that takes a `GenerationRequest` and later hands the runtime's events
+to the session's `handle` on the session's own thread (`RuntimeBackend`: the window passes them
+through queued signals, a headless caller directly).
 """
 
 from __future__ import annotations
@@ -13,15 +13,14 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from medgemma_models.errors import MedGemmaError
 from medgemma_models.gguf_info import ModelInfo
-from medgemma_models.reasoning import ReasoningSplitter, Segment
 
-from .conversation import PromptPlan
-from .engine import GenerationStats
+from .answer import AnswerStats
+from .events import AnswerPiece, Failed, Finished, PromptPlanned, ReasoningPiece, RuntimeEvent
 from .generation import GenerationRequest
 from .history import History, HistoryWriteError, Message, ModelRecord, StreamingMessageWriter
 from .settings import ChatSettings, LoadSettings, stored_settings
@@ -59,7 +58,7 @@ def meta_text(meta: dict[str, Any], complete: bool, role: str) -> str:
 
 
 class Backend(Protocol):
-    """Produces answers: takes a request now, reports through the session's `on_*` methods later."""
+    """Produces answers: takes a request now, hands its events to the session's `handle` later."""
 
     def generate(self, request: GenerationRequest) -> None: ...
 
@@ -99,7 +98,7 @@ class SessionListener:
     def problem(self, title: str, message: str) -> None:
         """Something the user must be told about."""
 
-    def answer_done(self, stats: GenerationStats | None) -> None:
+    def answer_done(self, stats: AnswerStats | None) -> None:
         """Last of all when an answer ends (stats None: it failed)."""
 
 
@@ -110,13 +109,9 @@ class Answer:
     chat_id: int
     message_id: int
     writer: StreamingMessageWriter
-    splitter: ReasoningSplitter = field(default_factory=ReasoningSplitter)
     shown: bool = True  # False once the user opened another chat: it goes on saving, unseen
     discarded: bool = False  # its chat was deleted while it streamed
     reasoning_tokens: int = 0
-    pieces: int = 0
-    first_piece_at: float | None = None
-    last_piece_at: float | None = None
     prompt_tokens: int = 0
     dropped_turns: int = 0
 
@@ -140,8 +135,7 @@ class ChatSession:
         self.model_adapters: list[dict[str, Any]] = []
         self.settings = ChatSettings.from_dict({})
         self.load_settings = LoadSettings()
-        self.last_stats: GenerationStats | None = None
-        self.view_tok_per_s = 0.0  # decode speed as the session received the pieces
+        self.last_stats: AnswerStats | None = None
         self.seed: int | None = None  # the sampler's seed for every answer (None: a new one each time)
         # Ended answers whose last save failed (full disk, locked file): kept in memory, retried by flush().
         self.unsaved: list[StreamingMessageWriter] = []
@@ -278,34 +272,31 @@ class ChatSession:
 
     # -- the answer as it arrives ---------------------------------------------------------------
 
-    def on_prompt_planned(self, plan: PromptPlan) -> None:
-        if self.answer is None:
-            return
-        self.answer.prompt_tokens = plan.prompt_tokens
-        self.answer.dropped_turns = plan.dropped_turns
-        if self.answer.shown:
-            self.listener.context_trimmed(plan.dropped_turns)
-
-    def on_piece(self, text: str) -> None:
+    def handle(self, event: RuntimeEvent) -> None:
+        """An event of the answer being streamed, on the session's thread."""
         answer = self.answer
         if answer is None:
             return
-        now = self.clock()
-        if answer.first_piece_at is None:
-            answer.first_piece_at = now
-        answer.last_piece_at = now
-        answer.pieces += 1
-        self._apply(answer, answer.splitter.feed(text), count_tokens=True)
+        if isinstance(event, PromptPlanned):
+            answer.prompt_tokens = event.plan.prompt_tokens
+            answer.dropped_turns = event.plan.dropped_turns
+            if answer.shown:
+                self.listener.context_trimmed(event.plan.dropped_turns)
+        elif isinstance(event, ReasoningPiece):
+            answer.reasoning_tokens += event.tokens
+            self._grow(answer, "", event.text, event.tokens)
+        elif isinstance(event, AnswerPiece):
+            self._grow(answer, event.text, "", 0)
+        elif isinstance(event, Finished):
+            self._finished(answer, event.stats)
+        elif isinstance(event, Failed):
+            self._end(answer, {**self._meta(answer, None), "error": event.message}, complete=False, stats=None)
+            self.listener.problem("The answer failed", event.message)
 
-    def _apply(self, answer: Answer, segments: list[Segment], count_tokens: bool) -> None:
-        reasoning = "".join(s.text for s in segments if s.kind == "reasoning")
-        text = "".join(s.text for s in segments if s.kind == "answer")
-        # A piece is one token; one that carries reasoning counts as a reasoning token.
-        tokens = 1 if reasoning and count_tokens else 0
-        answer.reasoning_tokens += tokens
-        if not answer.discarded:
+    def _grow(self, answer: Answer, text: str, reasoning: str, tokens: int) -> None:
+        if not answer.discarded and (text or reasoning):
             self._saving(answer.writer.append, answer=text, reasoning=reasoning)
-        if answer.shown and (text or reasoning):
+        if answer.shown and (text or reasoning or tokens):
             self.listener.answer_grew(text, reasoning, tokens)
 
     def flush(self) -> None:
@@ -334,26 +325,11 @@ class ChatSession:
     def _tell_unsaved(self, exc: HistoryWriteError) -> None:
         self.listener.problem(UNSAVED_TITLE, f"{exc}. The text is kept and saved again shortly.")
 
-    def on_finished(self, stats: GenerationStats) -> None:
-        answer = self.answer
-        if answer is None:
-            return
-        self._apply(answer, answer.splitter.finish(), count_tokens=False)
+    def _finished(self, answer: Answer, stats: AnswerStats) -> None:
         self.last_stats = stats
-        if answer.first_piece_at is not None and answer.last_piece_at is not None and answer.pieces > 1:
-            elapsed = answer.last_piece_at - answer.first_piece_at
-            self.view_tok_per_s = (answer.pieces - 1) / elapsed if elapsed > 0 else 0.0
         self._end(answer, self._meta(answer, stats), complete=stats.finish_reason != "cancelled", stats=stats)
 
-    def on_failed(self, message: str) -> None:
-        answer = self.answer
-        if answer is None:
-            return
-        self._apply(answer, answer.splitter.finish(), count_tokens=False)
-        self._end(answer, {**self._meta(answer, None), "error": message}, complete=False, stats=None)
-        self.listener.problem("The answer failed", message)
-
-    def _end(self, answer: Answer, meta: dict[str, Any], complete: bool, stats: GenerationStats | None) -> None:
+    def _end(self, answer: Answer, meta: dict[str, Any], complete: bool, stats: AnswerStats | None) -> None:
         self.answer = None
         if not answer.discarded:
             try:
@@ -370,13 +346,13 @@ class ChatSession:
         self.listener.chats_changed()
         self.listener.answer_done(stats)
 
-    def _meta(self, answer: Answer, stats: GenerationStats | None) -> dict[str, Any]:
+    def _meta(self, answer: Answer, stats: AnswerStats | None) -> dict[str, Any]:
         meta: dict[str, Any] = {
             "model": self._model_record().to_dict() if self.model is not None else {},
             "settings": stored_settings(self.settings, self.load_settings),
-            "reasoning_tokens": answer.reasoning_tokens,
+            "reasoning_tokens": stats.reasoning_tokens if stats is not None else answer.reasoning_tokens,
             "dropped_turns": answer.dropped_turns,
-            "unterminated_reasoning": answer.splitter.unterminated,
+            "unterminated_reasoning": stats is not None and stats.unterminated_reasoning,
         }
         if stats is not None:
             meta["stats"] = dataclasses.asdict(stats)

@@ -44,6 +44,7 @@ class GenerationSettings:
     repeat_penalty: float = 1.0
     max_tokens: int = 512
     seed: int | None = None
+    stop: tuple[str, ...] = ()  # strings that end the answer (not shown), as OpenAI's `stop`
 
 
 @dataclass(frozen=True)

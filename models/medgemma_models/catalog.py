@@ -58,7 +58,7 @@ class Preset:
     def build_prompt(self, turns: Sequence[Turn], system: str | None = None, think: bool = True) -> Prompt:
         """The prompt for the next model turn after `turns` (which end with a user turn).
 
-        A `Prompt`: a string, whose `segments` tell the formatter's markers from the text.
+        A `Prompt`, whose `segments` tell the formatter's markers from the text.
         """
         if not turns or turns[-1].role != "user":
             raise ValueError("the last turn must be the user's")
@@ -70,10 +70,6 @@ class Preset:
         prefix = THINK_OFF_PREFIX if self.reasoning and not think else ""
         return format_chat(wrapped, system=self.system_text(system, think), generation_prefix=prefix)
 
-    def final_answer(self, text: str) -> str:
-        """The answer as the adapter means it: its first line for single-answer adapters."""
-        text = text.strip()
-        return text.splitlines()[0].strip() if self.answer_first_line and text else text
 
 
 @functools.cache

@@ -14,7 +14,8 @@ from . import provenance as prov
 from .errors import ModelFileError
 from .gguf_compat import HeaderReader
 
-SUPPORTED_ARCHITECTURES = ("gemma3", "gemma2", "gemma")
+# The one list of the architectures the converter writes and the app runs (llama.cpp names).
+GEMMA_ARCHITECTURES = ("gemma3", "gemma2")
 MAX_NAME_CHARS = 200  # a longer general.name is not a name: the file's stem is shown instead
 
 
@@ -44,7 +45,7 @@ class ModelInfo:
 
     @property
     def is_gemma(self) -> bool:
-        return self.architecture in SUPPORTED_ARCHITECTURES
+        return self.architecture in GEMMA_ARCHITECTURES
 
     def typed_provenance(self) -> prov.Provenance:
         """The provenance keys with their types checked (malformed values are left out)."""

@@ -1,9 +1,12 @@
 """Gemma prompt formatting: chat turns with no system role, one BOS, and completion templates.
 
-A formatted prompt is a `Prompt`: the string it always was, plus its segments, each either one of
-the formatter's own markers (`<bos>`, `<start_of_turn>`, `<end_of_turn>`) or text. Text (what the
-user typed, the system text, earlier answers) must be tokenized as text: a user who types
+A formatted prompt is a `Prompt`: its segments, each either one of the formatter's own markers
+(`<bos>`, `<start_of_turn>`, `<end_of_turn>`) or text. Text (what the user typed, the system text,
+earlier answers, a document's passages) must be tokenized as text: a user who types
 `<end_of_turn>` must not end their turn, and a marker a model spelled out must not become one.
+
+A `Prompt` is deliberately not a `str`: a string made from one (a concatenation, a format) has
+lost which parts are markers, so the engine refuses strings and takes only a `Prompt` or token ids.
 """
 
 from __future__ import annotations
@@ -30,16 +33,19 @@ class PromptSegment:
     marker: bool = False
 
 
-class Prompt(str):
-    """A formatted prompt: usable as a plain string, and carrying the `segments` it was built from."""
+@dataclass(frozen=True)
+class Prompt:
+    """A formatted prompt: the segments it was built from. `text` is for display and logs only."""
 
     segments: tuple[PromptSegment, ...]
 
-    def __new__(cls, segments: Iterable[PromptSegment]) -> Prompt:
-        segments = tuple(segments)
-        prompt = super().__new__(cls, "".join(segment.text for segment in segments))
-        prompt.segments = segments
-        return prompt
+    def __init__(self, segments: Iterable[PromptSegment]) -> None:
+        object.__setattr__(self, "segments", tuple(segments))
+
+    @property
+    def text(self) -> str:
+        """The prompt as one string, markers spelled out: what a person reads, never what is tokenized."""
+        return "".join(segment.text for segment in self.segments)
 
 
 def _marker(text: str) -> PromptSegment:

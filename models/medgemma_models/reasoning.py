@@ -29,6 +29,11 @@ class ReasoningSplitter:
         self._pending = ""
         self.unterminated = False
 
+    @property
+    def in_reasoning(self) -> bool:
+        """Whether the text fed so far left a <think> block open."""
+        return self._in_reasoning
+
     def feed(self, text: str) -> list[Segment]:
         self._pending += text
         segments: list[Segment] = []
@@ -70,15 +75,6 @@ def _partial_tag_length(text: str, tag: str) -> int:
         if text.endswith(tag[:n]):
             return n
     return 0
-
-
-def split_reasoning(text: str) -> tuple[str, str]:
-    """(reasoning, answer) of a whole message."""
-    splitter = ReasoningSplitter()
-    segments = splitter.feed(text) + splitter.finish()
-    reasoning = "".join(s.text for s in segments if s.kind == "reasoning")
-    answer = "".join(s.text for s in segments if s.kind == "answer")
-    return reasoning, answer
 
 
 _THINK_BLOCK = re.compile(re.escape(THINK_OPEN) + r".*?(" + re.escape(THINK_CLOSE) + r"|$)", re.DOTALL)

@@ -16,7 +16,8 @@ from pathlib import Path
 import llama_cpp
 import numpy as np
 
-from medgemma_desktop.engine import Engine, GenerationSettings, LoadOptions
+from medgemma_desktop.engine import Engine
+from medgemma_desktop.settings import GenerationSettings, LoadOptions
 from medgemma_models import store
 
 # A completion prompt on which the base model writes on without ending its turn early.

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from medgemma_desktop.adapters import read_adapter
-from medgemma_desktop.engine import OffloadReport
+from medgemma_desktop.adapter_files import read_adapter
+from medgemma_desktop.answer import OffloadReport
 from medgemma_desktop.generation import AdapterUse, Loaded
 from medgemma_desktop.history import History
 from medgemma_desktop.library import (
@@ -18,9 +18,9 @@ from medgemma_desktop.library import (
     RECENT_COMBINATIONS_SETTING,
     ModelLibrary,
     combination_title,
-    find_base,
     model_key,
 )
+from medgemma_desktop.resolve import find_base
 from medgemma_desktop.settings import ChatSettings, LoadSettings
 from medgemma_models.catalog import DEFAULT_PRESET
 from medgemma_models.gguf_info import read_model_info

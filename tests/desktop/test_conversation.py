@@ -12,8 +12,8 @@ from medgemma_desktop.conversation import PromptPlan, build_prompt
 from medgemma_desktop.history import History
 from medgemma_models.catalog import get_preset
 from medgemma_models.errors import MedGemmaError, PromptTooLongError
-from medgemma_models.prompt import BOS, THINK_OFF_PREFIX
-from medgemma_models.reasoning import split_reasoning
+from medgemma_models.prompt import BOS, THINK_OFF_PREFIX, Prompt
+from tests.support.chats import split_whole
 
 
 @dataclass(frozen=True)
@@ -23,17 +23,18 @@ class Msg:
     reasoning: str = ""
 
 
-def words(text: str) -> int:
-    return len(text.split())
+def words(prompt: Prompt) -> list[str]:
+    """A stand-in tokenizer: a token per word."""
+    return prompt.text.split()
 
 
 @pytest.fixture(scope="module")
-def count_tokens(gemma_270m: Path) -> Callable[[str], int]:
-    """The real Gemma tokenizer (vocabulary only: no weights loaded)."""
+def count_tokens(gemma_270m: Path) -> Callable[[Prompt], list[int]]:
+    """The real Gemma tokenizer (vocabulary only: no weights loaded), on prompts without typed markers."""
     import llama_cpp
 
     vocab = llama_cpp.Llama(model_path=str(gemma_270m), vocab_only=True, verbose=False)
-    return lambda text: len(vocab.tokenize(text.encode("utf-8"), add_bos=False, special=True))
+    return lambda prompt: vocab.tokenize(prompt.text.encode("utf-8"), add_bos=False, special=True)
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +46,7 @@ def tokenize(gemma_270m: Path) -> Callable[[str], list[int]]:
 
 
 def plan(preset_name: str, history, **overrides) -> PromptPlan:
-    options = dict(system=None, think=True, send_reasoning_back=False, n_ctx=100_000, max_tokens=100, count_tokens=words)
+    options = dict(system=None, think=True, send_reasoning_back=False, n_ctx=100_000, max_tokens=100, tokenize=words)
     options.update(overrides)
     return build_prompt(get_preset(preset_name), history, **options)
 
@@ -65,9 +66,9 @@ def grow_chat(preset_name: str, raw_answers: list[str], **options) -> list[tuple
     turns = []
     for question, raw in zip(QUESTIONS, [*raw_answers, ""]):
         chat.append(Msg("user", question))
-        prompt = plan(preset_name, chat, **options).text
+        prompt = plan(preset_name, chat, **options).prompt.text
         turns.append((prompt, raw))
-        reasoning, answer = split_reasoning(raw)
+        reasoning, answer = split_whole(raw)
         chat.append(Msg("model", answer, reasoning))
     return turns
 
@@ -108,24 +109,24 @@ def test_earlier_reasoning_is_left_out_unless_sent_back() -> None:
         Msg("model", "Possibly angina.", reasoning="UNIQUE-REASONING-TEXT exertional pattern"),
         Msg("user", "What next?"),
     ]
-    stripped = plan("medical-cot-270m", chat, send_reasoning_back=False).text
+    stripped = plan("medical-cot-270m", chat, send_reasoning_back=False).prompt.text
     assert "UNIQUE-REASONING-TEXT" not in stripped
     assert "<start_of_turn>model\nPossibly angina.<end_of_turn>" in stripped
-    sent = plan("medical-cot-270m", chat, send_reasoning_back=True).text
+    sent = plan("medical-cot-270m", chat, send_reasoning_back=True).prompt.text
     assert "<start_of_turn>model\n<think>UNIQUE-REASONING-TEXT exertional pattern</think>Possibly angina.<end_of_turn>" in sent
 
 
 def test_think_off_prefills_an_empty_think_only_for_reasoning_presets() -> None:
     chat = [Msg("user", "Headache?")]
-    assert plan("medical-cot-270m", chat, think=False).text.endswith("<start_of_turn>model\n" + THINK_OFF_PREFIX)
-    assert plan("medical-cot-270m", chat, think=True).text.endswith("<start_of_turn>model\n")
-    assert plan("gemma-chat", chat, think=False).text.endswith("<start_of_turn>model\n")
-    assert "<think>" not in plan("gemma-chat", chat, think=False).text
+    assert plan("medical-cot-270m", chat, think=False).prompt.text.endswith("<start_of_turn>model\n" + THINK_OFF_PREFIX)
+    assert plan("medical-cot-270m", chat, think=True).prompt.text.endswith("<start_of_turn>model\n")
+    assert plan("gemma-chat", chat, think=False).prompt.text.endswith("<start_of_turn>model\n")
+    assert "<think>" not in plan("gemma-chat", chat, think=False).prompt.text
 
 
 def test_the_system_text_is_folded_into_the_first_user_turn() -> None:
     chat = [Msg("user", "First question"), Msg("model", "First answer"), Msg("user", "Second question")]
-    text = plan("gemma-chat", chat, system="You are careful.").text
+    text = plan("gemma-chat", chat, system="You are careful.").prompt.text
     assert text.startswith(BOS + "<start_of_turn>user\nYou are careful.\n\nFirst question<end_of_turn>\n")
     assert text.count("You are careful.") == 1
 
@@ -146,18 +147,18 @@ def test_oldest_pairs_are_left_out_when_the_context_is_full() -> None:
     assert fitted.prompt_tokens + max_tokens <= n_ctx
     assert fitted.dropped_turns > 0 and fitted.dropped_turns % 2 == 0
     for kept in ("SYSTEM-TEXT", "FIRST-CASE", "first answer", "NEWEST-QUESTION"):
-        assert kept in fitted.text
+        assert kept in fitted.prompt.text
     dropped_pairs = fitted.dropped_turns // 2
     # The oldest pairs after the first one go; the rest are kept in order.
-    assert "question-1 " not in fitted.text
-    assert f"question-{dropped_pairs} " not in fitted.text
+    assert "question-1 " not in fitted.prompt.text
+    assert f"question-{dropped_pairs} " not in fitted.prompt.text
     for i in range(dropped_pairs + 1, 12):
-        assert f"question-{i} " in fitted.text and f"answer-{i} " in fitted.text
+        assert f"question-{i} " in fitted.prompt.text and f"answer-{i} " in fitted.prompt.text
     # No more is left out than needed: keeping one more pair would not fit.
     one_more = chat[:2] + chat[2 + 2 * (dropped_pairs - 1):]
     assert plan("gemma-chat", one_more, system="SYSTEM-TEXT").prompt_tokens + max_tokens > n_ctx
     # Turns still alternate, ending with the generation prompt's model turn.
-    roles = [part.split("\n", 1)[0] for part in fitted.text.split("<start_of_turn>")[1:]]
+    roles = [part.split("\n", 1)[0] for part in fitted.prompt.text.split("<start_of_turn>")[1:]]
     assert roles == ["user", "model"] * (len(roles) // 2) and len(roles) % 2 == 0
 
 
@@ -165,7 +166,7 @@ def test_nothing_is_left_out_when_it_fits() -> None:
     chat = long_chat(pairs=4)
     result = plan("gemma-chat", chat, n_ctx=10_000, max_tokens=500)
     assert result.dropped_turns == 0
-    assert result.prompt_tokens == words(result.text)
+    assert result.prompt_tokens == len(words(result.prompt))
 
 
 def test_a_message_too_long_for_the_context_is_a_clear_error() -> None:
@@ -180,11 +181,11 @@ def test_a_message_too_long_for_the_context_is_a_clear_error() -> None:
 def test_fitting_with_the_real_tokenizer(count_tokens) -> None:
     chat = long_chat(pairs=20)
     n_ctx, max_tokens = 512, 128
-    fitted = plan("medical-cot-270m", chat, n_ctx=n_ctx, max_tokens=max_tokens, count_tokens=count_tokens)
-    assert fitted.prompt_tokens == count_tokens(fitted.text)
+    fitted = plan("medical-cot-270m", chat, n_ctx=n_ctx, max_tokens=max_tokens, tokenize=count_tokens)
+    assert fitted.prompt_tokens == len(count_tokens(fitted.prompt))
     assert fitted.prompt_tokens + max_tokens <= n_ctx
     assert fitted.dropped_turns > 0
-    assert "FIRST-CASE" in fitted.text and "NEWEST-QUESTION" in fitted.text
+    assert "FIRST-CASE" in fitted.prompt.text and "NEWEST-QUESTION" in fitted.prompt.text
 
 
 def test_a_chat_from_the_history_database(tmp_path: Path, count_tokens) -> None:
@@ -194,11 +195,11 @@ def test_a_chat_from_the_history_database(tmp_path: Path, count_tokens) -> None:
         history.add_message(chat, "model", "In trained athletes it can be.", reasoning="Bradycardia thresholds.")
         history.add_message(chat, "user", "I am not an athlete.")
         result = plan(
-            "medical-cot-270m", history.messages(chat), n_ctx=2048, max_tokens=256, count_tokens=count_tokens
+            "medical-cot-270m", history.messages(chat), n_ctx=2048, max_tokens=256, tokenize=count_tokens
         )
     assert result.dropped_turns == 0
-    assert "In trained athletes it can be." in result.text and "Bradycardia" not in result.text
-    assert result.text.endswith("I am not an athlete.\n\n### Response:\n<end_of_turn>\n<start_of_turn>model\n")
+    assert "In trained athletes it can be." in result.prompt.text and "Bradycardia" not in result.prompt.text
+    assert result.prompt.text.endswith("I am not an athlete.\n\n### Response:\n<end_of_turn>\n<start_of_turn>model\n")
 
 
 def test_irregular_chats_are_made_to_alternate() -> None:
@@ -207,7 +208,7 @@ def test_irregular_chats_are_made_to_alternate() -> None:
         Msg("model", ""),  # an answer that failed before writing anything
         Msg("user", "Second try"),
     ]
-    text = plan("gemma-chat", chat).text
+    text = plan("gemma-chat", chat).prompt.text
     assert text == BOS + "<start_of_turn>user\nFirst\n\nSecond try<end_of_turn>\n<start_of_turn>model\n"
     with pytest.raises(ValueError):
         plan("gemma-chat", [Msg("user", "q"), Msg("model", "a")])
@@ -217,8 +218,8 @@ def test_completion_presets_use_the_newest_message_only() -> None:
     chat = [Msg("user", "old case"), Msg("model", "Influenza"), Msg("user", "fever, stiff neck, photophobia")]
     result = plan("symptom-diagnosis-2b", chat)
     assert result.dropped_turns == 0
-    assert result.text.endswith("### Symptoms:\nfever, stiff neck, photophobia\n### Diagnosis:\n")
-    assert "old case" not in result.text
+    assert result.prompt.text.endswith("### Symptoms:\nfever, stiff neck, photophobia\n### Diagnosis:\n")
+    assert "old case" not in result.prompt.text
     with pytest.raises(PromptTooLongError):
         plan("symptom-diagnosis-2b", chat, n_ctx=40, max_tokens=30)
 
@@ -226,7 +227,8 @@ def test_completion_presets_use_the_newest_message_only() -> None:
 @pytest.mark.slow
 def test_the_second_turn_reuses_the_first_from_the_kv_cache(gemma_270m: Path) -> None:
     """The real engine: turn 2 evaluates only what is new, because its prompt extends turn 1's."""
-    from medgemma_desktop.engine import Engine, GenerationSettings, LoadOptions
+    from medgemma_desktop.engine import Engine
+    from medgemma_desktop.settings import GenerationSettings, LoadOptions
 
     engine = Engine()
     engine.load(gemma_270m, LoadOptions(n_ctx=1024, gpu="cpu"))
@@ -234,14 +236,14 @@ def test_the_second_turn_reuses_the_first_from_the_kv_cache(gemma_270m: Path) ->
         greedy = GenerationSettings(temperature=0.0, max_tokens=24, seed=0)
         preset = get_preset("gemma-chat")
         options = dict(system="Answer briefly.", think=True, send_reasoning_back=False, n_ctx=engine.n_ctx,
-                       max_tokens=greedy.max_tokens, count_tokens=engine.count_tokens)
+                       max_tokens=greedy.max_tokens, tokenize=engine.tokenize)
         chat = [Msg("user", "What is a normal resting heart rate for adults?")]
         first = build_prompt(preset, chat, **options)
-        answer = "".join(engine.stream(first.text, greedy))
+        answer = "".join(engine.stream(first.tokens, greedy))
         assert answer.strip()
         chat += [Msg("model", answer), Msg("user", "And for children?")]
         second = build_prompt(preset, chat, **options)
-        list(engine.stream(second.text, greedy))
+        list(engine.stream(second.tokens, greedy))
         stats = engine.last_stats
     finally:
         engine.close()

@@ -7,15 +7,9 @@ import sys
 
 import pytest
 
-from medgemma_desktop.engine import (
-    Engine,
-    GenerationSettings,
-    LoadCancelled,
-    LoadOptions,
-    OffloadReport,
-    choose_gpu_layers,
-    gpu_backend_name,
-)
+from medgemma_desktop.answer import LoadCancelledError, OffloadReport
+from medgemma_desktop.engine import Engine, choose_gpu_layers, gpu_backend_name
+from medgemma_desktop.settings import GenerationSettings, LoadOptions
 from medgemma_models.catalog import get_preset
 from medgemma_models.errors import ModelFileError, ModelLoadError
 from medgemma_models.prompt import Turn
@@ -41,7 +35,7 @@ def test_generates_text_and_reports_figures(engine):
     stats = engine.last_stats
     assert text.strip()
     assert stats.generated_tokens > 0
-    assert stats.prompt_tokens == engine.count_tokens(prompt("Name one symptom of anaemia."))
+    assert stats.prompt_tokens == len(engine.tokenize(prompt("Name one symptom of anaemia.")))
     assert stats.finish_reason in ("stop", "length")
     assert stats.ttft_ms > 0
     if stats.generated_tokens > 1:
@@ -82,7 +76,7 @@ def test_second_turn_reuses_the_first_turns_cache(engine):
     list(engine.stream(second, GREEDY))
     stats = engine.last_stats
     # Everything up to the first answer was already evaluated.
-    assert stats.reused_tokens >= engine.count_tokens(first)
+    assert stats.reused_tokens >= len(engine.tokenize(first))
     assert stats.reused_tokens < stats.prompt_tokens
 
 
@@ -134,7 +128,7 @@ def test_load_progress_reaches_the_end_and_can_cancel(gemma_270m):
     engine.load(gemma_270m, LoadOptions(n_ctx=256, gpu="cpu"), progress=lambda f: seen.append(f) or True)
     assert seen and seen[-1] == pytest.approx(1.0)
     assert seen == sorted(seen)
-    with pytest.raises(LoadCancelled):
+    with pytest.raises(LoadCancelledError):
         engine.load(gemma_270m, LoadOptions(n_ctx=256, gpu="cpu"), progress=lambda f: f < 0.3)
     # The model loaded before is still there and works.
     assert engine.loaded

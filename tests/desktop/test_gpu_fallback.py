@@ -12,7 +12,8 @@ from typing import Any
 import llama_cpp
 import pytest
 
-from medgemma_desktop.engine import Engine, GenerationSettings, LoadOptions
+from medgemma_desktop.engine import Engine
+from medgemma_desktop.settings import GenerationSettings, LoadOptions
 from medgemma_desktop.forced_offload import FORCE_OFFLOAD_ENV
 from medgemma_models.catalog import get_preset
 from medgemma_models.prompt import Turn

@@ -12,7 +12,8 @@ from pathlib import Path
 
 from PySide6.QtWidgets import QWidget
 
-from medgemma_desktop.engine import LoadOptions, OffloadReport
+from medgemma_desktop.answer import OffloadReport
+from medgemma_desktop.settings import LoadOptions
 from tests.support.scripted_engine import ScriptedEngine
 from tests.support.window_steps import load_model
 

@@ -11,9 +11,9 @@ from tests.bench.heldout_demo import GREEDY, Outcome, evaluate, figures
 
 
 def outcome(text: str, think: bool, ended: bool = True) -> Outcome:
-    from medgemma_models.reasoning import split_reasoning
+    from tests.support.chats import split_whole
 
-    reasoning, answer = split_reasoning(text) if think else ("", text)
+    reasoning, answer = split_whole(text) if think else ("", text)
     return Outcome("x", think, text, reasoning.strip(), answer.strip(), 10, ended)
 
 

@@ -10,7 +10,7 @@ import gguf
 import numpy as np
 import pytest
 
-from medgemma_desktop.engine import OffloadReport
+from medgemma_desktop.answer import OffloadReport
 from medgemma_desktop.generation import Loaded
 from medgemma_desktop.history import History
 from medgemma_desktop.library import (

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from llama_cpp import Llama
 
-from medgemma_desktop.adapters import attach, attached_to, check_fits, is_adapter, read_adapter
+from medgemma_desktop.adapter_files import check_fits, is_adapter, read_adapter
+from medgemma_desktop.adapters import attach, attached_to
 from medgemma_models.errors import ModelFileError
 
 from tests.support.tiny import make_adapter

@@ -9,18 +9,21 @@ from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QMessageBox
 
 from medgemma_models.files import sha256_file
+from medgemma_desktop.events import AnswerPiece
 from medgemma_desktop.history import History
 from tests.support.chats import long_case_chat
 from tests.support.window_steps import ANSWER_TIMEOUT_MS, FAST_SETTINGS, LOAD_TIMEOUT_MS, load_model, send
+
 
 pytestmark = pytest.mark.slow
 
 
 def test_send_streams_answer_and_saves_it(qtbot, make_window, history: History) -> None:
     window = make_window(settings=FAST_SETTINGS)
-    pieces: list[str] = []
-    window.worker.piece.connect(pieces.append)
+    events: list = []
+    window.bridge.generation_event.connect(events.append)
     send(qtbot, window, "What are common symptoms of anemia?")
+    pieces = [event.text for event in events if isinstance(event, AnswerPiece)]
 
     cards = window.chat_view.cards()
     assert [c.role for c in cards] == ["user", "model"]
@@ -44,7 +47,7 @@ def test_offload_is_stated_in_the_status_bar(qtbot, make_window) -> None:
     window = make_window(settings={**FAST_SETTINGS, "gpu": "cpu"})
     assert window.library.current.offload.startswith("CPU")
     assert window.library.current.offload in window.status.offload_label.text()
-    assert "bpw real" in window.model_bar.details.text()
+    assert "bpw real" in window.model_bar.shown_details()
 
 
 def test_escape_stops_mid_answer_and_keeps_the_partial_answer(qtbot, make_window, history: History) -> None:

@@ -1,18 +1,18 @@
 import pytest
 
 from medgemma_models.catalog import get_base, get_preset, preset_for, presets
-from medgemma_models.prompt import BOS, Turn, format_chat, format_completion
+from medgemma_models.prompt import BOS, Prompt, Turn, format_chat, format_completion
 
 
 def test_single_turn_has_one_bos_and_the_generation_prompt():
-    text = format_chat([Turn("user", "What causes gout?")])
+    text = format_chat([Turn("user", "What causes gout?")]).text
     assert text == "<bos><start_of_turn>user\nWhat causes gout?<end_of_turn>\n<start_of_turn>model\n"
     assert text.count(BOS) == 1
 
 
 def test_system_text_is_folded_into_the_first_user_turn_only():
     turns = [Turn("user", "Q1"), Turn("model", "A1"), Turn("user", "Q2")]
-    text = format_chat(turns, system="Be brief.")
+    text = format_chat(turns, system="Be brief.").text
     assert text.startswith("<bos><start_of_turn>user\nBe brief.\n\nQ1<end_of_turn>\n")
     assert text.count("Be brief.") == 1
     assert "system" not in text
@@ -20,7 +20,7 @@ def test_system_text_is_folded_into_the_first_user_turn_only():
 
 def test_multi_turn_order_and_roles():
     turns = [Turn("user", "Q1"), Turn("model", "A1"), Turn("user", "Q2")]
-    text = format_chat(turns)
+    text = format_chat(turns).text
     assert text == (
         "<bos><start_of_turn>user\nQ1<end_of_turn>\n"
         "<start_of_turn>model\nA1<end_of_turn>\n"
@@ -30,8 +30,8 @@ def test_multi_turn_order_and_roles():
 
 
 def test_a_later_turn_extends_the_earlier_prompt_for_kv_reuse():
-    first = format_chat([Turn("user", "Q1")], system="S")
-    second = format_chat([Turn("user", "Q1"), Turn("model", "A1"), Turn("user", "Q2")], system="S")
+    first = format_chat([Turn("user", "Q1")], system="S").text
+    second = format_chat([Turn("user", "Q1"), Turn("model", "A1"), Turn("user", "Q2")], system="S").text
     assert second.startswith(first + "A1<end_of_turn>\n")
 
 
@@ -44,7 +44,7 @@ def test_unknown_role_and_model_first_are_refused():
 
 def test_cot_preset_wraps_questions_and_asks_to_think():
     preset = get_preset("medical-cot-270m")
-    text = preset.build_prompt([Turn("user", "Why is the troponin raised?")])
+    text = preset.build_prompt([Turn("user", "Why is the troponin raised?")]).text
     assert "### Question:\nWhy is the troponin raised?\n\n### Response:\n" in text
     assert preset.think_instruction in text
     assert text.endswith("<start_of_turn>model\n")
@@ -53,7 +53,7 @@ def test_cot_preset_wraps_questions_and_asks_to_think():
 
 def test_think_off_prefills_an_empty_think_block_and_drops_the_instruction():
     preset = get_preset("medical-cot-270m")
-    text = preset.build_prompt([Turn("user", "Q")], think=False)
+    text = preset.build_prompt([Turn("user", "Q")], think=False).text
     assert text.endswith("<start_of_turn>model\n<think></think>")
     assert preset.think_instruction not in text
 
@@ -61,17 +61,18 @@ def test_think_off_prefills_an_empty_think_block_and_drops_the_instruction():
 def test_think_off_changes_nothing_for_a_preset_that_does_not_reason():
     preset = get_preset("gemma-chat")
     assert preset.build_prompt([Turn("user", "Q")], think=False) == preset.build_prompt([Turn("user", "Q")])
+    prompt = preset.build_prompt([Turn("user", "Q")])
+    assert isinstance(prompt, Prompt) and not isinstance(prompt, str)
 
 
 def test_completion_preset_uses_the_template_and_the_first_line():
     preset = get_preset("symptom-diagnosis-2b")
-    text = preset.build_prompt([Turn("user", "fever, stiff neck, photophobia")])
+    text = preset.build_prompt([Turn("user", "fever, stiff neck, photophobia")]).text
     assert text == (
         "<bos>Below is a patient case with symptoms. Provide ONLY the most likely diagnosis.\n"
         "### Symptoms:\nfever, stiff neck, photophobia\n### Diagnosis:\n"
     )
-    assert preset.final_answer(" Bacterial meningitis\n### Symptoms: more") == "Bacterial meningitis"
-    assert format_completion("{symptoms}!", symptoms="x") == "<bos>x!"
+    assert format_completion("{symptoms}!", symptoms="x").text == "<bos>x!"
 
 
 def test_catalog_finds_presets_by_adapter_and_base():

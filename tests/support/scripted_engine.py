@@ -11,8 +11,10 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from medgemma_desktop.engine import GenerationSettings, GenerationStats, LoadCancelled, LoadOptions, OffloadReport
+from medgemma_desktop.answer import GenerationStats, LoadCancelledError, OffloadReport
+from medgemma_desktop.settings import GenerationSettings, LoadOptions
 from medgemma_models.gguf_info import ModelInfo, read_model_info
+from medgemma_models.prompt import Prompt
 from medgemma_models.reasoning import ReasoningSplitter
 
 # A reasoning answer whose tags are cut inside, between and around the pieces.
@@ -31,9 +33,14 @@ def script_reasoning(script: Sequence[str]) -> tuple[str, str]:
 
 
 def reasoning_pieces(script: Sequence[str]) -> int:
-    """How many pieces of `script` add reasoning text (the window counts these as tokens)."""
+    """How many pieces (tokens) of `script` carry reasoning text or one of its tags."""
     splitter = ReasoningSplitter()
-    return sum(1 for piece in script if any(s.kind == "reasoning" for s in splitter.feed(piece)))
+    count = 0
+    for piece in script:
+        before = splitter.in_reasoning
+        segments = splitter.feed(piece)
+        count += before or splitter.in_reasoning or any(s.kind == "reasoning" for s in segments)
+    return count
 
 
 class ScriptedEngine:
@@ -42,6 +49,8 @@ class ScriptedEngine:
     # Every prompt the scripted engines were asked to answer, in order (tests read them).
     prompts: list[str] = []
     _lock = threading.Lock()
+    # A stand-in vocabulary shared by every scripted engine: a token is four characters of prompt text.
+    _token_ids: dict[str, int] = {}
 
     def __init__(self, script: Sequence[str] = THINK_SCRIPT, delay: float = 0.0, n_ctx: int = 4096,
                  gpu_failure: str | None = None) -> None:
@@ -61,16 +70,23 @@ class ScriptedEngine:
         self._n_ctx = options.n_ctx
         for step in range(1, 5):
             if progress is not None and not progress(step / 4):
-                raise LoadCancelled("model load cancelled")
+                raise LoadCancelledError("model load cancelled")
         backend = "CUDA" if self.gpu_failure else "CPU"
         return OffloadReport(options.gpu, 0, self.info.block_count or 0, backend, self.gpu_failure)
 
-    def count_tokens(self, text: str) -> int:
-        return max(1, len(text) // 4)
-
-    def stream(self, prompt_text: str, settings: GenerationSettings,
-               should_stop: Callable[[], bool] = lambda: False) -> Iterator[str]:
+    def tokenize(self, prompt: Prompt) -> list[int]:
+        if not isinstance(prompt, Prompt):
+            raise TypeError(f"the engine takes a Prompt or token ids, not {type(prompt).__name__}")
+        text = prompt.text
         with self._lock:
+            return [self._token_ids.setdefault(text[i:i + 4], len(self._token_ids)) for i in range(0, len(text), 4)]
+
+    def stream(self, prompt: Prompt | Sequence[int], settings: GenerationSettings,
+               should_stop: Callable[[], bool] = lambda: False) -> Iterator[str]:
+        tokens = self.tokenize(prompt) if isinstance(prompt, Prompt) else list(prompt)
+        with self._lock:
+            texts = {id_: text for text, id_ in self._token_ids.items()}
+            prompt_text = "".join(texts[t] for t in tokens)
             ScriptedEngine.prompts.append(prompt_text)
         start = time.perf_counter()
         first = None
@@ -89,7 +105,7 @@ class ScriptedEngine:
             finish = "stop" if len(self.script) <= settings.max_tokens else "length"
         elapsed = time.perf_counter() - (first or start)
         self.last_stats = GenerationStats(
-            prompt_tokens=self.count_tokens(prompt_text), reused_tokens=0, generated_tokens=generated,
+            prompt_tokens=len(tokens), reused_tokens=0, generated_tokens=generated,
             ttft_ms=((first or start) - start) * 1000, decode_tok_per_s=(generated - 1) / elapsed if elapsed > 0 else 0.0,
             finish_reason=finish,
         )

@@ -104,7 +104,7 @@ def thinks(item: Item) -> bool:
 
 def prompt_text(question: str, think: bool) -> str:
     """The prompt the app sends for a single question (with Think off it ends with a pre-filled `<think></think>`)."""
-    return preset().build_prompt([Turn("user", question)], think=think)
+    return preset().build_prompt([Turn("user", question)], think=think).text
 
 
 def target_text(item: Item, think: bool) -> str:

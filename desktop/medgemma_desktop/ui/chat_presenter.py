@@ -15,7 +15,7 @@ from PySide6.QtWidgets import QFileDialog, QWidget
 
 from medgemma_models.errors import MedGemmaError
 
-from ..engine import GenerationStats
+from ..answer import AnswerStats
 from ..history import HistoryWriteError, Message
 from ..session import UNSAVED_TITLE, ChatSession, SessionListener, chat_title, meta_text
 from .chat_view import ChatView
@@ -26,7 +26,7 @@ from .sidebar import Sidebar
 
 class ChatPresenter(QObject, SessionListener):
     state_changed = Signal()  # busy, or the open chat changed: what can be clicked changes
-    answer_finished = Signal(object)  # GenerationStats or None (failed)
+    answer_finished = Signal(object)  # AnswerStats or None (failed)
     status_message = Signal(str)
 
     def __init__(self, session: ChatSession, chat_view: ChatView, composer: Composer, sidebar: Sidebar,
@@ -173,5 +173,5 @@ class ChatPresenter(QObject, SessionListener):
     def problem(self, title: str, message: str) -> None:
         self.report_error(title, message)
 
-    def answer_done(self, stats: GenerationStats | None) -> None:
+    def answer_done(self, stats: AnswerStats | None) -> None:
         self.answer_finished.emit(stats)

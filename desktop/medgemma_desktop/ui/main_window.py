@@ -1,8 +1,8 @@
 """The main window: chats on the left, the conversation in the middle, settings on the right.
 
 It only shows and forwards. The chat's state lives in `ChatSession`, the models and their
-settings in `ModelLibrary` (both Qt-free); the engine runs in `EngineWorker`'s thread and is
-reached only through queued signals.
+settings in `ModelLibrary` (both Qt-free); the engine is the `Runtime`'s, on its thread, and its
+events come back through `RuntimeBridge`'s queued signals.
 """
 
 from __future__ import annotations
@@ -10,24 +10,25 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from PySide6.QtCore import QCoreApplication, QEvent, Qt, QThread, QTimer, Signal, Slot
+from PySide6.QtCore import QCoreApplication, QEvent, Qt, QTimer, Signal, Slot
 from PySide6.QtGui import QCloseEvent, QKeySequence, QShortcut
 from PySide6.QtWidgets import QMainWindow, QMessageBox, QSplitter, QVBoxLayout, QWidget
 
-from ..engine import GenerationStats
-from ..generation import EngineLike, GenerationRequest
+from ..answer import AnswerStats
+from ..generation import EngineLike
 from ..history import History
 from ..library import ModelLibrary
+from ..runtime import Runtime, RuntimeBackend
 from ..session import ChatSession
 from .about_dialog import HelpMenu
 from .chat_presenter import ChatPresenter
 from .chat_view import ChatView
 from .composer import Composer
 from .dialogs import NoticeDialog, problem_box
-from .engine_worker import EngineWorker, GenerationRelay
 from .gui_gc import GuiThreadCollector
 from .model_bar import ModelBar
 from .model_presenter import ModelPresenter
+from .runtime_bridge import RuntimeBridge, SessionRelay
 from .settings_panel import SettingsPanel
 from .sidebar import Sidebar
 from .status_bar import StatusBar
@@ -38,22 +39,7 @@ log = logging.getLogger(__name__)
 NOTICE_SETTING = "medical_notice_acknowledged"
 
 
-class WorkerBackend:
-    """The session's backend in the window: requests go to the engine thread as queued signals."""
-
-    def __init__(self, window: MainWindow) -> None:
-        self.window = window
-
-    def generate(self, request: GenerationRequest) -> None:
-        self.window.worker.clear_flags()
-        self.window.request_generate.emit(request)
-
-    def stop(self) -> None:
-        self.window.worker.request_stop()
-
-
 class MainWindow(QMainWindow):
-    request_generate = Signal(object)  # GenerationRequest, to the worker
     model_loaded = Signal()
     answer_finished = Signal()
 
@@ -64,14 +50,15 @@ class MainWindow(QMainWindow):
         self.errors: list[tuple[str, str]] = []  # every problem reported to the user, for tests and logs
         self._problems: dict[str, QMessageBox] = {}  # the problem dialogs open now, by title
         self.library = ModelLibrary(history)
-        self.session = ChatSession(history, WorkerBackend(self))
+        self._start_runtime(engine_factory)
+        self.session = ChatSession(history, RuntimeBackend(self.runtime, self.bridge.deliver))
+        self._relay = SessionRelay(self.session, self.bridge, self)
         self.setWindowTitle("MedGemma Edge")
         self.setObjectName("mainWindow")
         self.setStyleSheet(STYLESHEET)
         self.resize(1360, 860)
         self._build()
-        self._start_worker(engine_factory)
-        self.models = ModelPresenter(self.library, self.session, self.worker, self.model_bar, self.settings_panel,
+        self.models = ModelPresenter(self.library, self.session, self.bridge, self.model_bar, self.settings_panel,
                                      self.status, self.report_error, self)
         for signal, slot in ((self.models.state_changed, self._update_enabled), (self.models.model_loaded, self.model_loaded),
                              (QShortcut(QKeySequence.StandardKey.Open, self).activated, self.models.ask_open_model)):
@@ -116,17 +103,11 @@ class MainWindow(QMainWindow):
         for keys, slot in ((QKeySequence.StandardKey.New, self.chats.new_chat), (QKeySequence(Qt.Key.Key_Escape), self._on_escape)):
             QShortcut(keys, self).activated.connect(slot)
 
-    def _start_worker(self, engine_factory: Callable[[], EngineLike]) -> None:
-        # Before the thread starts: garbage it would otherwise collect may hold Qt objects.
+    def _start_runtime(self, engine_factory: Callable[[], EngineLike]) -> None:
+        # Before the engine thread starts: garbage it would otherwise collect may hold Qt objects.
         self._collector = GuiThreadCollector(self)
-        self._thread = QThread(self)
-        self._thread.setObjectName("engine")
-        self.worker = EngineWorker(engine_factory)
-        self.worker.moveToThread(self._thread)
-        self.request_generate.connect(self.worker.generate)
-        self._relay = GenerationRelay(self.session, self)
-        self._relay.connect_to(self.worker)
-        self._thread.start()
+        self.runtime = Runtime(engine_factory)
+        self.bridge = RuntimeBridge(self.runtime, self)
 
     # -- notices and errors ---------------------------------------------------------------------
 
@@ -188,7 +169,7 @@ class MainWindow(QMainWindow):
             self.chats.cancel_edit()
 
     @Slot(object)
-    def _on_answer_finished(self, stats: GenerationStats | None) -> None:
+    def _on_answer_finished(self, stats: AnswerStats | None) -> None:
         if stats is not None and self.library.current is not None:
             self.status.show_stats(stats, self.library.current.n_ctx)
         self.answer_finished.emit()
@@ -222,16 +203,13 @@ class MainWindow(QMainWindow):
 
     def shutdown(self) -> None:
         """Stop the answer (and a conversion, which cleans up first), save it, and end the engine thread."""
-        if not self._thread.isRunning():
+        if not self.runtime.thread.is_alive():
             return
         self.models.stop_conversion()
-        self.worker.request_stop()
-        self.worker.request_cancel_load()
+        self.runtime.cancel_all()
         self.session.flush()
-        self._thread.quit()
-        self._thread.wait()  # the stop flags above make this a wait of at most one token
-        self.worker.shutdown()
+        self.runtime.close()  # the cancels above make this a wait of at most one token
         self._collector.stop()
-        # Results the worker sent before it stopped must not reach a window whose history may be closed.
+        # Results the runtime sent before it stopped must not reach a window whose history may be closed.
         for receiver in (self, self._relay, self.models, self.status):
             QCoreApplication.removePostedEvents(receiver, QEvent.Type.MetaCall)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from PySide6.QtCore import Qt, Signal, Slot
-from PySide6.QtWidgets import QComboBox, QHBoxLayout, QLabel, QPushButton, QSizePolicy, QWidget
+from PySide6.QtWidgets import QComboBox, QHBoxLayout, QLabel, QPushButton, QSizePolicy, QVBoxLayout, QWidget
 
 from ..library import ModelEntry
 from .plain_text import plain_tooltip
@@ -30,7 +30,9 @@ class ModelBar(QWidget):
         self.details.setTextFormat(Qt.TextFormat.PlainText)  # facts read from the GGUF: text, not HTML
         self.details.setObjectName("modelDetails")
         self.details.setAccessibleName("Model details")
-        # The facts line gives way (it has a tooltip) rather than widening the window.
+        # The facts line has a line of its own under the picker and wraps: at 1280 px beside the
+        # picker it was cut to "gemma3 · 270M · Q…". It keeps its tooltip too.
+        self.details.setWordWrap(True)
         self.details.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
         self.open_button = QPushButton("Open GGUF…", self)
         self.open_button.setAccessibleName("Open a GGUF model file")
@@ -42,14 +44,17 @@ class ModelBar(QWidget):
         self.export_button = QPushButton("Export…", self)
         self.export_button.setAccessibleName("Export this chat as Markdown or JSON")
         self.export_button.clicked.connect(self.export_requested)
-        layout = QHBoxLayout(self)
-        layout.setContentsMargins(16, 8, 16, 8)
-        layout.setSpacing(8)
-        layout.addWidget(self.combo, 2)
-        layout.addWidget(self.details, 3)
-        layout.addWidget(self.open_button)
-        layout.addWidget(self.convert_button)
-        layout.addWidget(self.export_button)
+        column = QVBoxLayout(self)
+        column.setContentsMargins(16, 8, 16, 6)
+        column.setSpacing(4)
+        row = QHBoxLayout()
+        row.setSpacing(8)
+        row.addWidget(self.combo, 1)
+        row.addWidget(self.open_button)
+        row.addWidget(self.convert_button)
+        row.addWidget(self.export_button)
+        column.addLayout(row)
+        column.addWidget(self.details)
 
     def set_models(self, models: list[ModelEntry], current: str | None) -> None:
         """Fill the picker and select the entry whose key is `current` (a file's resolved path, or a combination's)."""
@@ -70,6 +75,10 @@ class ModelBar(QWidget):
     def set_details(self, text: str) -> None:
         self.details.setText(text)
         self.details.setToolTip(plain_tooltip(text))
+
+    def shown_details(self) -> str:
+        """The facts line as shown under the picker."""
+        return self.details.text()
 
     def set_switching_enabled(self, enabled: bool) -> None:
         """Picking or opening another model (off while an answer streams or a model loads)."""

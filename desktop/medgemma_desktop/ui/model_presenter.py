@@ -1,7 +1,8 @@
 """The models as the window shows them: the picker, loading with its progress and Cancel, the
 settings panel of the model in use, Open GGUF… (a model, or an adapter put on its base) and Convert….
 
-The state is `ModelLibrary`'s (Qt-free); the loads run in the engine worker's thread.
+The state is `ModelLibrary`'s (Qt-free); the loads run on the runtime's engine thread, and which
+file goes on which base is `resolve`'s.
 """
 
 from __future__ import annotations
@@ -17,25 +18,16 @@ from medgemma_models.errors import MedGemmaError
 from medgemma_models.gguf_info import ModelInfo
 from medgemma_models.store import models_dir
 
-from ..adapters import check_fits, is_adapter, read_adapter
-from ..generation import CANNOT_OPEN, COULD_NOT_LOAD, AdapterUse, Loaded, LoadRequest
+from ..adapter_files import AdapterFile, is_adapter
+from ..generation import CANNOT_OPEN, COULD_NOT_LOAD, AdapterUse, Loaded, ModelRequest
 from ..history import HistoryWriteError
-from ..library import (
-    GEMMA_ARCHITECTURES,
-    AdapterMatch,
-    ModelEntry,
-    ModelLibrary,
-    adapter_records,
-    base_candidates,
-    describe,
-    find_base,
-    is_embedded_file,
-)
+from ..library import ModelEntry, ModelLibrary, adapter_records, describe
+from ..resolve import AdapterMatch, resolve_adapter
 from ..session import ChatSession
 from ..settings import ChatSettings, LoadSettings
 from .convert_dialog import ConvertDialog
-from .engine_worker import EngineWorker
 from .model_bar import ModelBar
+from .runtime_bridge import RuntimeBridge
 from .settings_panel import SettingsPanel
 from .status_bar import StatusBar
 
@@ -49,29 +41,21 @@ def _one_line(exc: BaseException) -> str:
 
 
 class ModelPresenter(QObject):
-    load_requested = Signal(object)  # LoadRequest, to the worker
-    inspect_requested = Signal(object)  # list[Path], to the worker
     model_loaded = Signal()
     state_changed = Signal()  # a load started or ended: what can be clicked changes
-    keep_load_requested = Signal()  # to the worker: the model just loaded is in use
-    undo_load_requested = Signal()  # to the worker: it is not, go back to the one before
 
-    def __init__(self, library: ModelLibrary, session: ChatSession, worker: EngineWorker, model_bar: ModelBar,
+    def __init__(self, library: ModelLibrary, session: ChatSession, bridge: RuntimeBridge, model_bar: ModelBar,
                  settings_panel: SettingsPanel, status: StatusBar, report_error: Callable[[str, str], None],
                  parent: QWidget) -> None:
         super().__init__(parent)
-        self.library, self.session, self.worker = library, session, worker
+        self.library, self.session, self.bridge = library, session, bridge
         self.model_bar, self.settings_panel, self.status = model_bar, settings_panel, status
         self.report_error = report_error
         self._window = parent
         self.convert_dialog: ConvertDialog | None = None  # the last one opened
-        self.load_requested.connect(worker.load)
-        self.inspect_requested.connect(worker.inspect)
-        self.keep_load_requested.connect(worker.keep_load)
-        self.undo_load_requested.connect(worker.undo_load)
-        for signal, slot in ((worker.model_inspected, self._on_model_inspected), (worker.load_progress, status.set_load_progress),
-                             (worker.loaded, self._on_loaded), (worker.load_failed, self._on_load_failed),
-                             (worker.load_cancelled, self._on_load_cancelled), (model_bar.model_chosen, self._on_entry_chosen),
+        for signal, slot in ((bridge.model_inspected, self._on_model_inspected), (bridge.load_progress, status.set_load_progress),
+                             (bridge.loaded, self._on_loaded), (bridge.load_failed, self._on_load_failed),
+                             (bridge.load_cancelled, self._on_load_cancelled), (model_bar.model_chosen, self._on_entry_chosen),
                              (model_bar.open_requested, self.ask_open_model), (model_bar.convert_requested, self.show_convert_dialog),
                              (settings_panel.changed, self._on_settings_changed), (settings_panel.reload_requested, self.reload_model),
                              (status.cancel_load_requested, self.cancel_load)):
@@ -82,7 +66,7 @@ class ModelPresenter(QObject):
         self.model_bar.set_models(self.library.entries(), self.library.selected_key())
         unknown = self.library.to_inspect()
         if unknown:
-            self.inspect_requested.emit(unknown)
+            self.bridge.inspect(unknown)
 
     @Slot(object, object)
     def _on_model_inspected(self, path: Path, info: ModelInfo | AdapterMatch | str) -> None:
@@ -121,27 +105,18 @@ class ModelPresenter(QObject):
         if not is_adapter(path):
             return self.choose_model(path)
         try:
-            adapter = read_adapter(path)
-            if adapter.architecture not in GEMMA_ARCHITECTURES:
-                raise MedGemmaError(f"{path.name} is an adapter for {adapter.architecture} models; "
-                                    "MedGemma Edge runs Gemma 2 and Gemma 3 models.")
-            if base is None:
-                base = find_base(adapter, base_candidates(adapter.base, self.library.recent_files()))
-            if base is None:
-                base = self.ask_base(adapter.path.name, adapter.architecture, adapter.base)
-                if base is None:
-                    return False
-            check_fits(adapter, base)
+            request = resolve_adapter(path, base, self.library.recent_files(), ask_base=self.ask_base)
         except MedGemmaError as exc:
             self.report_error(CANNOT_OPEN, str(exc))
             return False
-        return self.choose_model(None if is_embedded_file(base) else base, (AdapterUse(path, 1.0),))
+        return request is not None and self.choose_model(request.base, request.adapters)
 
-    def ask_base(self, adapter: str, architecture: str, named: str | None) -> Path | None:
+    def ask_base(self, adapter: AdapterFile) -> Path | None:
         """No known file fits the adapter: the user picks its base (None: they cancelled)."""
-        made_for = f" (made for {named})" if named else ""
-        name, _ = QFileDialog.getOpenFileName(self._window, f"Choose the {architecture} base model for {adapter}{made_for}",
-                                              str(models_dir()), "GGUF models (*.gguf);;All files (*)")
+        made_for = f" (made for {adapter.base})" if adapter.base else ""
+        name, _ = QFileDialog.getOpenFileName(
+            self._window, f"Choose the {adapter.architecture} base model for {adapter.path.name}{made_for}",
+            str(models_dir()), "GGUF models (*.gguf);;All files (*)")
         return Path(name) if name else None
 
     @Slot()
@@ -155,14 +130,12 @@ class ModelPresenter(QObject):
         name = path.name if path is not None else "the embedded model"
         self.status.show_loading(" + ".join([name, *(a.path.name for a in adapters)]))
         self.state_changed.emit()
-        self.worker.clear_flags()
-        self.load_requested.emit(LoadRequest(path=path, options=self.settings_panel.load_settings().options(),
-                                             adapters=adapters))
+        self.bridge.load(ModelRequest(path, adapters, self.settings_panel.load_settings().options()))
 
     @Slot()
     def cancel_load(self) -> None:
         if self.library.loading:
-            self.worker.request_cancel_load()
+            self.bridge.cancel_load()
 
     @Slot(object)
     def _on_loaded(self, loaded: Loaded) -> None:
@@ -172,14 +145,14 @@ class ModelPresenter(QObject):
             self._take_loaded(loaded)
         except Exception as exc:  # noqa: BLE001 - whatever failed, the window must not stay half-loaded
             log.exception("taking the loaded model %s failed", loaded.path)
-            self.undo_load_requested.emit()
+            self.bridge.undo_load()
             self.library.undo_load(previous)
             self._abort_load("")
             self.model_bar.set_details(describe(previous.info) if previous is not None else "")
             self.report_error(COULD_NOT_LOAD, f"{loaded.path.name} loaded, but the app could not use it: "
                                               f"{_one_line(exc)}. The model in use stays.")
             return
-        self.keep_load_requested.emit()
+        self.bridge.keep_load()
         self.model_loaded.emit()
 
     def _take_loaded(self, loaded: Loaded) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from PySide6.QtCore import Qt, Signal, Slot
 from PySide6.QtWidgets import QLabel, QProgressBar, QPushButton, QStatusBar, QWidget
 
-from ..engine import GenerationStats
+from ..answer import AnswerStats
 
 
 class StatusBar(QStatusBar):
@@ -65,7 +65,7 @@ class StatusBar(QStatusBar):
     def show_context(self, used: int, n_ctx: int) -> None:
         self.context_label.setText(f"ctx {used:,} / {n_ctx:,}")
 
-    def show_stats(self, stats: GenerationStats, n_ctx: int) -> None:
+    def show_stats(self, stats: AnswerStats, n_ctx: int) -> None:
         self.speed_label.setText(
             f"{stats.decode_tok_per_s:.1f} tok/s · TTFT {stats.ttft_ms:.0f} ms · reused {stats.reused_tokens:,} tokens"
         )

@@ -9,6 +9,11 @@ QLabel {{ color: #e6e8ec; }}
 QDialog, QMessageBox, QInputDialog {{ background: #1b1e24; color: #e6e8ec; }}
 QDialog QLabel, QMessageBox QLabel, QCheckBox {{ color: #e6e8ec; }}
 QTableWidget, QHeaderView::section {{ background: #1d2027; color: #e6e8ec; gridline-color: #2e333d; border: none; }}
+QMenuBar {{ background: #0f1114; color: #cfd4dc; border-bottom: 1px solid #23272f; }}
+QMenuBar::item {{ background: transparent; padding: 4px 10px; }}
+QMenuBar::item:selected {{ background: #23303a; color: #ffffff; }}
+QMenu {{ background: #1b1e24; color: #e6e8ec; border: 1px solid #2e333d; }}
+QMenu::item:selected {{ background: #23303a; }}
 QToolTip {{ background: #262a33; color: #e6e8ec; border: 1px solid #3a404c; padding: 4px; }}
 
 QWidget#sidebar {{ background: #0f1114; border-right: 1px solid #23272f; }}
