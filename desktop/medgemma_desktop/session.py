@@ -111,6 +111,7 @@ class Answer:
     writer: StreamingMessageWriter
     shown: bool = True  # False once the user opened another chat: it goes on saving, unseen
     discarded: bool = False  # its chat was deleted while it streamed
+    pieces: int = 0  # reasoning and answer pieces received so far
     reasoning_tokens: int = 0
     prompt_tokens: int = 0
     dropped_turns: int = 0
@@ -294,6 +295,7 @@ class ChatSession:
             self.listener.problem("The answer failed", event.message)
 
     def _grow(self, answer: Answer, text: str, reasoning: str, tokens: int) -> None:
+        answer.pieces += 1
         if not answer.discarded and (text or reasoning):
             self._saving(answer.writer.append, answer=text, reasoning=reasoning)
         if answer.shown and (text or reasoning or tokens):

@@ -72,7 +72,7 @@ def test_second_turn_reuses_the_first_turns_cache(engine):
     first = prompt("What is hypertension?")
     answer = "".join(engine.stream(first, GREEDY))
     second = prompt("What is hypertension?", answer, "And how is it treated?")
-    assert second.startswith(first)
+    assert second.text.startswith(first.text)
     list(engine.stream(second, GREEDY))
     stats = engine.last_stats
     # Everything up to the first answer was already evaluated.

@@ -65,6 +65,6 @@ def test_without_the_switch_this_build_loads_on_the_cpu_directly(gemma_270m: Pat
 @pytest.mark.slow
 def test_the_window_says_why_it_runs_on_the_cpu(forced: None, qtbot: Any, make_window) -> None:
     window = make_window(settings={"gpu": "auto", "n_ctx": 512})
-    shown = window.status.offload_label.text()
+    shown = window.status.shown_model()
     assert "GPU failed: " in shown and "retried on CPU" in shown
     assert "needs >= 1 devices" in shown

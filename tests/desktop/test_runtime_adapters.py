@@ -75,9 +75,10 @@ def test_attach_scale_and_detach(llm: Llama, adapter_files: dict[str, Path]) -> 
     assert attached_to(llm) is attached and attached.describe() == "qv \u00d71"
     with_adapter = logits(llm, ids)
     assert np.abs(with_adapter - plain).max() > 0.5  # the adapter changes the model
-    attached.set_scales([0.0])
+    # A new scale is a new attachment (what the engine does when the user changes it).
+    attach(llm, [(adapter_files["qv"], 0.0)])
     np.testing.assert_allclose(logits(llm, ids), plain, atol=1e-4)  # scale 0: the base alone
-    attached.set_scales([1.0])
+    attached = attach(llm, [(adapter_files["qv"], 1.0)])
     np.testing.assert_allclose(logits(llm, ids), with_adapter, atol=1e-4)
     attached.detach()
     assert attached_to(llm) is None and not attached.attached
@@ -113,7 +114,7 @@ def test_changing_adapters_resets_the_prompt_cache(llm: Llama, gemma_270m: Path,
     """A prompt evaluated before attaching must not be reused: the answer equals a fresh model's with the adapter."""
     plain_answer = greedy(llm)
     assert llm.n_tokens > 0
-    attached = attach(llm, [(adapter_files["qv"], 1.0)])
+    attach(llm, [(adapter_files["qv"], 1.0)])
     assert llm.n_tokens == 0
     cached_then_attached = greedy(llm)
     fresh = Llama(model_path=str(gemma_270m), n_ctx=256, n_batch=256, logits_all=True, verbose=False, n_threads=2)
@@ -123,7 +124,7 @@ def test_changing_adapters_resets_the_prompt_cache(llm: Llama, gemma_270m: Path,
     finally:
         fresh.close()
     assert cached_then_attached != plain_answer
-    attached.set_scales([0.0])
+    attach(llm, [(adapter_files["qv"], 0.0)])
     assert llm.n_tokens == 0
     assert greedy(llm) == plain_answer
 

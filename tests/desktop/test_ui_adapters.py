@@ -4,7 +4,7 @@ demo reasoning model answering with Think on and off (real engine, no script).""
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,12 +12,14 @@ import pytest
 from PySide6.QtCore import QTimer
 from PySide6.QtWidgets import QApplication
 
+from medgemma_desktop.adapter_files import AdapterFile
 from medgemma_desktop.engine import Engine
 from medgemma_desktop.generation import AdapterUse
 from medgemma_desktop.library import DEMO_TITLE, model_key
 from medgemma_desktop.settings import GenerationSettings
 from medgemma_desktop.ui.dialogs import NoticeDialog
 from medgemma_desktop.ui.main_window import MainWindow
+from medgemma_models.prompt import Prompt
 from medgemma_models.store import demo_adapter
 from tests.support.adapter_files import write_adapter_set
 from tests.support.window_steps import FAST_SETTINGS, LOAD_TIMEOUT_MS, send
@@ -33,9 +35,11 @@ class RecordingEngine(Engine):
 
     prompts: list[str] = []
 
-    def stream(self, prompt: str, settings: GenerationSettings = GenerationSettings(),
+    def stream(self, prompt: Prompt | Sequence[int], settings: GenerationSettings = GenerationSettings(),
                should_stop: Callable[[], bool] = lambda: False) -> Iterator[str]:
-        RecordingEngine.prompts.append(prompt)
+        tokens = self.tokenize(prompt) if isinstance(prompt, Prompt) else list(prompt)
+        assert self.llm is not None
+        RecordingEngine.prompts.append(self.llm.detokenize(tokens, special=True).decode("utf-8", "replace"))
         return super().stream(prompt, settings, should_stop)
 
 
@@ -52,11 +56,11 @@ def test_open_gguf_puts_an_adapter_on_the_base_it_fits(qtbot, make_window, adapt
         assert window.models.open_model_file(adapters["cot"])  # its base: the embedded model, found in the store
     current = window.library.current
     assert current.embedded and current.adapters == (AdapterUse(adapters["cot"], 1.0),)
-    assert current.title == "Gemma 3 270m + test cot" and window.model_bar.combo.currentData() == current.key
-    assert window.model_bar.combo.currentText().endswith("+ test cot")
+    assert current.title == "Gemma 3 270m + test cot" and window.model_bar.selected_key() == current.key
+    assert window.model_bar.shown_title().endswith("+ test cot")
     assert window.settings_panel.chat_settings().preset == "medical-cot-270m"  # from the adapter's provenance
-    assert window.settings_panel.think.isEnabled()
-    assert "+ test cot" in window.status.offload_label.text()
+    assert window.settings_panel.think_available()
+    assert "+ test cot" in window.status.shown_model()
     window.settings_panel.max_tokens.setValue(8)
     send(qtbot, window, "What causes anemia?")
     assert window.errors == [] and window.chat_view.cards()[-1].meta.text()
@@ -78,8 +82,8 @@ def test_an_adapter_for_another_model_is_refused_and_the_model_stays(
     before = window.library.current
     asked: list[str] = []
 
-    def pick_the_270m(name: str, architecture: str, named: str | None) -> Path:
-        asked.append(name)  # no known file fits: the user is asked for the base and picks the 270M
+    def pick_the_270m(adapter: AdapterFile) -> Path:
+        asked.append(adapter.path.name)  # no known file fits: the user is asked for the base and picks the 270M
         return gemma_270m
 
     monkeypatch.setattr(window.models, "ask_base", pick_the_270m)
@@ -88,7 +92,7 @@ def test_an_adapter_for_another_model_is_refused_and_the_model_stays(
     assert re.search(message, window.errors[0][1]) and "\n" not in window.errors[0][1]
     assert asked == (["g2.gguf"] if adapter == "gemma2" else [])
     assert not window.library.loading and window.library.current is before
-    assert window.model_bar.combo.currentData() == before.key
+    assert window.model_bar.selected_key() == before.key
 
 
 needs_demo = pytest.mark.skipif(demo_adapter() is None, reason="the demo reasoning adapter has not been trained into "
@@ -105,7 +109,7 @@ def test_the_demo_model_reasons_with_think_on_only_and_reasoning_stays_out_of_th
     load_combination(qtbot, window, None, demo.adapters, {"preset": "medical-cot-270m", "temperature": 0.0,
                                                           "max_tokens": 512, "n_ctx": 4096})
     panel = window.settings_panel
-    assert window.library.current.title == DEMO_TITLE and window.model_bar.combo.currentText() == DEMO_TITLE
+    assert window.library.current.title == DEMO_TITLE and window.model_bar.shown_title() == DEMO_TITLE
     assert panel.think.isChecked() and not panel.send_reasoning.isChecked()
 
     send(qtbot, window, "What is the first-line treatment for uncomplicated hypertension?")
@@ -140,8 +144,8 @@ def test_a_first_start_opens_the_demo_reasoning_model(qtbot) -> None:
         window = windows[0] if windows else None
         if window is not None and (window.library.current is not None or window.errors):
             current = window.library.current
-            seen.update(title=current.title if current else window.errors, picked=window.model_bar.combo.currentText(),
-                        preset=window.settings_panel.chat_settings().preset, think=window.settings_panel.think.isEnabled(),
+            seen.update(title=current.title if current else window.errors, picked=window.model_bar.shown_title(),
+                        preset=window.settings_panel.chat_settings().preset, think=window.settings_panel.think_available(),
                         listed=[e.title for e in window.library.entries()][:2])
             QApplication.exit(0)  # at once: a posted Quit would outlive this test
         else:

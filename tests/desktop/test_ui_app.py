@@ -29,7 +29,7 @@ def test_first_start_needs_the_medical_notice_acknowledged(qtbot, history: Histo
     qtbot.addWidget(window)
     window.show()
     assert not window.composer.isEnabled()
-    assert "Not for clinical use" in window.composer.notice.text()
+    assert "Not for clinical use" in window.composer.shown_notice()
     dialog = window.show_notice_if_needed()
     assert isinstance(dialog, NoticeDialog) and dialog.isVisible()
     assert not dialog.ok_button.isEnabled()
@@ -111,8 +111,8 @@ def test_enter_sends_and_shift_enter_adds_a_line(qtbot, make_window) -> None:
 
 def test_status_bar_says_why_the_gpu_load_fell_back_to_cpu(qtbot, make_window) -> None:
     window = make_window(partial(ScriptedEngine, gpu_failure="out of memory"), settings={"gpu": "auto"})
-    assert "CUDA failed: out of memory" in window.status.offload_label.text()
-    assert "retried on CPU" in window.status.offload_label.text()
+    assert "CUDA failed: out of memory" in window.status.shown_model()
+    assert "retried on CPU" in window.status.shown_model()
 
 
 @pytest.mark.slow
@@ -120,12 +120,12 @@ def test_model_load_can_be_cancelled_and_keeps_the_model(qtbot, make_window, gem
     window = make_window(settings=FAST_SETTINGS)
     loaded = window.library.current.info
     assert window.models.choose_model(gemma_270m)
-    assert window.status.load_bar.isVisibleTo(window) and window.status.cancel_load_button.isVisibleTo(window)
+    assert window.status.is_loading_shown()
     qtbot.mouseClick(window.status.cancel_load_button, Qt.MouseButton.LeftButton)
     qtbot.waitUntil(lambda: not window.library.loading, timeout=LOAD_TIMEOUT_MS)
     assert not window.library.loading and window.library.current.info is loaded
-    assert not window.status.load_bar.isVisibleTo(window)
-    assert "cancelled" in window.status.offload_label.text()
+    assert not window.status.is_loading_shown()
+    assert "cancelled" in window.status.shown_model()
     send(qtbot, window, "Still loaded?")
     assert window.chat_view.cards()[-1].answer()
 

@@ -77,12 +77,12 @@ def test_a_full_disk_while_streaming_is_one_dialog_and_the_text_is_saved_once_th
     assert [title for title, _ in window.errors] == [UNSAVED_TITLE] and "disk is full" in window.errors[0][1]
     boxes = [b for b in window.findChildren(QMessageBox) if b.objectName() == "problemDialog" and b.isVisible()]
     assert len(boxes) == 1
-    assert window.composer.button.text() == "Send" and window.can_send()  # not stuck as Stop
-    assert window.status.saving_label.isVisible()
+    assert window.composer.button_label() == "Send" and window.can_send()  # not stuck as Stop
+    assert window.status.is_saving_shown()
     [*_, stored] = history.messages(window.session.chat_id)
     assert not stored.complete and stored.text != answer  # not saved yet: the text is only in memory
     free_the_disk(connection)
-    qtbot.waitUntil(lambda: not window.status.saving_label.isVisible(), timeout=10_000)
+    qtbot.waitUntil(lambda: not window.status.is_saving_shown(), timeout=10_000)
     [*_, stored] = history.messages(window.session.chat_id)
     assert stored.complete and stored.text == answer
 

@@ -48,7 +48,7 @@ def test_a_model_with_malformed_provenance_loads_answers_and_opens_at_the_next_s
     window = make_window(model=malformed_model, settings=FAST_SETTINGS)
     current = window.library.current
     assert current is not None and current.path == malformed_model
-    assert current.info.name == "malformed" and len(window.status.offload_label.text()) < MAX_NAME_CHARS + 100
+    assert current.info.name == "malformed" and len(window.status.shown_model()) < MAX_NAME_CHARS + 100
     send(qtbot, window, "Hello")
     assert window.chat_view.cards()[-1].answer().strip()
     window.shutdown()

@@ -1,8 +1,10 @@
 """Session fixtures for the real Gemma-3-270M: its HF-format base and a random LoRA on it.
 
 They are imported once, in tests/conftest.py, so that each is built once a session. The HF base
-takes about a minute to build, so it is cached in pytest's cache folder (.pytest_cache), keyed by
-the GGUF's sha256 and the layout version: later runs reuse it. `pytest --cache-clear` rebuilds it.
+takes about a minute to build, so it is cached in the checkout's git-ignored `build/test-cache/`,
+keyed by the GGUF's sha256 and the layout version: later runs reuse it; deleting the folder rebuilds
+it. Not in pytest's cache: that is a plugin (`-p no:cacheprovider` turns it off), and a fixture
+must work however pytest is started.
 """
 
 from __future__ import annotations
@@ -20,13 +22,15 @@ from medgemma_models.files import sha256_file
 # The adapter's delta as a fraction of each weight's RMS: enough to change the next-token
 # distributions clearly, not so much that the model turns to noise.
 LORA_SIZE = 0.1
+TEST_CACHE = Path(__file__).resolve().parents[2] / "build" / "test-cache"
 
 
 @pytest.fixture(scope="session")
-def hf_base_270m(gemma_270m: Path, request: pytest.FixtureRequest) -> Path:
+def hf_base_270m(gemma_270m: Path) -> Path:
     """A Google-style HF folder (bf16 safetensors, tokenizer.model, JSON files) of the embedded 270M."""
     key = f"hf-base-270m-v{LAYOUT_VERSION}-{sha256_file(gemma_270m)[:16]}"
-    folder = Path(request.config.cache.mkdir(key))
+    folder = TEST_CACHE / key
+    folder.mkdir(parents=True, exist_ok=True)
     model = folder / "model"
     if not (model / "config.json").is_file():
         # Build beside the final name and rename, so an interrupted build is never taken as done.

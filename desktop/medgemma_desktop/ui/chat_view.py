@@ -125,6 +125,10 @@ class ChatView(QScrollArea):
             )
         self.dropped_notice.setVisible(dropped > 0)
 
+    def shown_dropped_notice(self) -> str | None:
+        """The "earlier messages left out" line, or None while everything fits."""
+        return self.dropped_notice.text() if self.dropped_notice.isVisibleTo(self) else None
+
     @Slot(int)
     def _on_scrolled(self, value: int) -> None:
         # Stay pinned to the bottom while streaming unless the user scrolled up to read.

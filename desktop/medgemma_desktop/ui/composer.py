@@ -88,6 +88,16 @@ class Composer(QWidget):
         self.button.style().unpolish(self.button)
         self.button.style().polish(self.button)
 
+    def shown_notice(self) -> str:
+        return self.notice.text()
+
+    def button_label(self) -> str:
+        """"Send", or "Stop" while an answer streams."""
+        return self.button.text()
+
+    def is_editing_shown(self) -> bool:
+        return self.editing.isVisibleTo(self)
+
     def set_editing(self, editing: bool) -> None:
         self.editing.setVisible(editing)
         self.cancel_edit.setVisible(editing)

@@ -76,6 +76,14 @@ class ModelBar(QWidget):
         self.details.setText(text)
         self.details.setToolTip(plain_tooltip(text))
 
+    def shown_title(self) -> str:
+        """The picker's current entry as the user reads it."""
+        return self.combo.currentText()
+
+    def selected_key(self) -> str | None:
+        """The key of the picker's current entry (a file's resolved path, or a combination's)."""
+        return self.combo.currentData()
+
     def shown_details(self) -> str:
         """The facts line as shown under the picker."""
         return self.details.text()

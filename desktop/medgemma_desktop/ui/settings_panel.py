@@ -198,6 +198,10 @@ class SettingsPanel(QScrollArea):
         self.changed.emit()
 
     @Slot()
+    def think_available(self) -> bool:
+        """Whether the model's preset lets the user turn thinking on."""
+        return self.think.isEnabled()
+
     def reset_to_defaults(self) -> None:
         """The preset's sampling and prompt defaults; loading settings stay as they are."""
         self.show_settings(ChatSettings.defaults_for(self.chat_settings().preset))

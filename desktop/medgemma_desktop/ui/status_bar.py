@@ -70,3 +70,22 @@ class StatusBar(QStatusBar):
             f"{stats.decode_tok_per_s:.1f} tok/s · TTFT {stats.ttft_ms:.0f} ms · reused {stats.reused_tokens:,} tokens"
         )
         self.show_context(stats.prompt_tokens + stats.generated_tokens, n_ctx)
+
+    # -- what the bar says it shows (for tests and for screen readers' summaries) --------------------
+
+    def shown_model(self) -> str:
+        """The model in use and its offload, or the load in progress or its outcome."""
+        return self.offload_label.text()
+
+    def shown_speed(self) -> str:
+        return self.speed_label.text()
+
+    def shown_context(self) -> str:
+        return self.context_label.text()
+
+    def is_saving_shown(self) -> bool:
+        return self.saving_label.isVisibleTo(self)
+
+    def is_loading_shown(self) -> bool:
+        """Whether the load bar and its Cancel are showing."""
+        return self.load_bar.isVisibleTo(self) and self.cancel_load_button.isVisibleTo(self)
