@@ -50,8 +50,8 @@ def test_the_training_text_is_the_presets_prompt_followed_by_the_answer(items: l
     cot = preset()
     for item in items:
         turns = [Turn("user", item.question)]
-        think_on = cot.build_prompt(turns, think=True)
-        think_off = cot.build_prompt(turns, think=False)
+        think_on = cot.build_prompt(turns, think=True).text
+        think_off = cot.build_prompt(turns, think=False).text
         assert prompt_text(item.question, True) + target_text(item, True) == (
             think_on + f"<think>{item.reasoning}</think>\n{item.answer}<end_of_turn>")
         assert prompt_text(item.question, False) + target_text(item, False) == (
