@@ -310,7 +310,7 @@ def test_past_the_queue_a_request_gets_429_with_retry_after(scripted: Served) ->
     try:
         ready = threading.Event()
         for _ in range(500):  # both admitted: polled on the service's own count, bounded
-            if scripted.service._waiting == 2:
+            if scripted.service.in_flight == 2:
                 ready.set()
                 break
             ready.wait(0.01)
@@ -425,3 +425,24 @@ def test_serve_headless_answers_and_stops_cleanly_mid_stream(gemma_270m: Path, t
     assert child.returncode == 0, err[-2000:]
     assert out.strip().splitlines()[-1] == "no qt" and "Traceback" not in err
     assert pieces < 300  # the answer stopped at the signal, not at its 2000 tokens
+
+
+def test_with_save_history_a_conversation_becomes_a_chat(scripted: Served, tmp_path: Path) -> None:
+    saved = History(tmp_path / "saved.sqlite3")
+    service = ChatService(scripted.runtime, scripted.service.library, ServerConfig(port=0, save_history=True),
+                          switch_models=False, save_to=saved)
+    current = scripted.service.served
+    assert current is not None
+    service.use(current.entry, current.loaded, current.settings)
+    thread = ServerThread(service)
+    try:
+        ask(thread.url, "Fever and cough for two days?", model=current.id)
+    finally:
+        thread.stop()
+    [chat] = saved.chats()
+    assert chat.title == "Server: Fever and cough for two days?"
+    user, model = saved.messages(chat.id)
+    reasoning, answer = script_reasoning(THINK_SCRIPT)
+    assert (user.role, user.text) == ("user", "Fever and cough for two days?")
+    assert model.role == "model" and model.text == answer and model.reasoning == reasoning
+    saved.close()

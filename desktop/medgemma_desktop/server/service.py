@@ -80,6 +80,11 @@ class ChatService:
         self._switch = asyncio.Lock()
         self.on_request_done: Callable[[int], None] | None = None  # the window's counter
 
+    @property
+    def in_flight(self) -> int:
+        """Server requests admitted and not finished: the one answering and those waiting."""
+        return self._waiting
+
     # -- models -------------------------------------------------------------------------------------
 
     def models(self) -> dict[str, ModelEntry]:
