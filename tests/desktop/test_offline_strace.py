@@ -118,6 +118,8 @@ def test_a_server_session_listens_only_where_told_and_connects_nowhere(tmp_path:
         child.communicate(timeout=60)
     finally:
         if child.poll() is None:
+            for pid in Path(f"/proc/{child.pid}/task/{child.pid}/children").read_text().split():
+                os.kill(int(pid), signal.SIGKILL)  # the server first: killing strace alone leaves it running
             child.kill()
     assert child.returncode == 0
     trace = log.read_text().splitlines()
