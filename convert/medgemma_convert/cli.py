@@ -77,6 +77,13 @@ def _convert_parser() -> argparse.ArgumentParser:
                    help="type of the token embedding; differing from --output-type writes a separate output matrix")
     p.add_argument("--tensor-type", action="append", default=[], metavar="REGEX=TYPE",
                    help="type of the tensors whose GGUF name matches REGEX; repeatable, the first match wins")
+    vision = p.add_mutually_exclusive_group()
+    vision.add_argument("--mmproj-out", type=Path, metavar="MMPROJ.gguf",
+                        help="where a multimodal base's vision tower goes (default: mmproj-OUT beside the model)")
+    vision.add_argument("--no-mmproj", dest="mmproj", action="store_false",
+                        help="write the text model only, without the vision tower")
+    p.add_argument("--mmproj-type", choices=("f32", "f16", "bf16", "q8_0"), default="f16",
+                   help="tensor type of the mmproj's matrices (default f16)")
     p.add_argument("--report", type=Path, metavar="REPORT.json", help="write a JSON report")
     _add_run_options(p, "existing outputs")
     return p
@@ -289,6 +296,8 @@ def _convert(args: argparse.Namespace, json_lines: JsonLines | None) -> None:
         calibration_text=args.calibration_text.absolute() if args.calibration_text else None,
         save_imatrix=args.save_imatrix.absolute() if args.save_imatrix else None,
         output_type=args.output_type, embedding_type=args.embedding_type, tensor_types=args.tensor_type,
+        mmproj=args.mmproj, mmproj_type=args.mmproj_type,
+        mmproj_out=args.mmproj_out.absolute() if args.mmproj_out else None,
     )
     with _progress(args, json_lines) as progress:
         the_plan = plan(options, progress)

@@ -21,6 +21,7 @@ from medgemma_models.report import ConversionReport, OutputRecord, StageRecord
 
 from . import CONVERTER_ID
 from .gguf_export import Provenance, write_gguf
+from .mmproj import write_mmproj
 from .plan import ConversionPlan
 from .progress import Progress, no_progress
 from .imatrix import Imatrix, calibration_texts, compute_imatrix, read_imatrix, text_sha256, write_imatrix
@@ -28,6 +29,10 @@ from .options import ConversionOptions
 from .quantize import quantize_all, recipes_for, untie
 from .stamp import KEY_IMATRIX, KEY_VERIFICATION, add_string_keys
 from .report import StageRecorder, describe_output, write_report
+
+
+# The report's `quant` of the mmproj output (the vision tower beside the text model).
+MMPROJ = "mmproj"
 
 
 def convert(plan: ConversionPlan, progress: Progress = no_progress) -> ConversionReport:
@@ -56,6 +61,7 @@ def convert(plan: ConversionPlan, progress: Progress = no_progress) -> Conversio
         outputs.callback(hasher.shutdown, cancel_futures=True)
         partials = {q: outputs.enter_context(atomic_output(p, options.force)) for q, p in plan.outputs.items()}
         saved_imatrix = outputs.enter_context(atomic_output(options.save_imatrix, options.force)) if options.save_imatrix else None
+        mmproj = outputs.enter_context(atomic_output(plan.mmproj, options.force)) if plan.mmproj else None
         source = partials.get(plan.intermediate)
         if source is None:
             # Only quantized outputs asked for: the unquantized export is a temporary source.
@@ -65,6 +71,10 @@ def convert(plan: ConversionPlan, progress: Progress = no_progress) -> Conversio
             write_gguf(plan.base, plan.adapters, source, plan.intermediate, provenance, progress)
         if plan.intermediate in partials and not stamped:
             hashes[plan.intermediate] = hasher.submit(_hash_and_sync, source)
+        if mmproj is not None and plan.vision is not None:
+            with recorder.stage(f"export mmproj {options.mmproj_type}"), _naming_failures(plan.mmproj or mmproj):
+                write_mmproj(plan.vision, plan.adapters, mmproj, options.mmproj_type, provenance, progress)
+            hashes[MMPROJ] = hasher.submit(_hash_and_sync, mmproj)
         quantized = {q: p for q, p in partials.items() if q != plan.intermediate}
         if quantized:
             untied = None
@@ -111,6 +121,8 @@ def convert(plan: ConversionPlan, progress: Progress = no_progress) -> Conversio
     described = [describe_output(path, quant, sha256[quant]) for quant, path in plan.outputs.items()]
     for output in described:
         output["verification"] = figures.get(output["quant"])
+    if plan.mmproj is not None:
+        described.append(describe_output(plan.mmproj, MMPROJ, sha256[MMPROJ]))
     report = ConversionReport(
         converter=CONVERTER_ID,
         inputs={
@@ -121,6 +133,7 @@ def convert(plan: ConversionPlan, progress: Progress = no_progress) -> Conversio
             "name": plan.name,
             "verify": options.verify,
             "recipes": {q: dataclasses.asdict(r) for q, r in recipes.items()},
+            "mmproj": {"type": options.mmproj_type, "path": str(plan.mmproj)} if plan.mmproj else None,
         },
         outputs=tuple(OutputRecord(**output) for output in described),
         warnings=tuple(plan.warnings),
