@@ -125,6 +125,10 @@ class VisionContext:
         """`text` with one media marker per image, split into chunks; `add_special` puts BOS first."""
         from llama_cpp import mtmd_cpp
 
+        markers = text.count(media_marker())
+        if markers != len(images):
+            raise ValueError(f"the prompt has {markers} media marker(s) for {len(images)} image(s): the number of "
+                             "images and media markers differ")
         bitmaps = [self._bitmap(image) for image in images]
         try:
             encoded = text.encode("utf-8")
@@ -134,8 +138,7 @@ class VisionContext:
             result = mtmd_cpp.mtmd_tokenize(self._ctx, chunks._pointer, ctypes.byref(prompt), array, len(bitmaps))
             if result != 0:
                 chunks.close()
-                reason = "the number of images and media markers differ" if result == 1 else "an image could not be read"
-                raise ValueError(f"mtmd could not tokenize the prompt: {reason}")
+                raise ValueError(f"mtmd could not tokenize the prompt or read its images (error {result})")
             return chunks
         finally:
             for bitmap in bitmaps:

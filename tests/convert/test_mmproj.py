@@ -11,7 +11,7 @@ import gguf
 import numpy as np
 import pytest
 from tests.support.gguf_rewrite import rewrite_keys
-from tests.support.tiny import TEST_TEXT, kld, llama_logits
+from tests.support.tiny import kld, llama_logits
 from tests.support.tiny_vision import (
     IMAGE_MEAN, IMAGE_SIZE, IMAGE_STD, TOKENS_PER_IMAGE, fixed_image, reference_image_logits,
 )
@@ -221,3 +221,28 @@ def test_mmproj_of_another_text_model_is_refused(pair, tiny, tmp_path, capsys):
     with pytest.raises(ModelFileError, match="was made from the base"):
         check_pair(other, mmproj)
     _refused(capsys, tmp_path, ["inspect", str(model), "--mmproj", str(model)], "is not an mmproj file")
+
+
+def test_vision_context_as_the_desktop_uses_it(pair, tiny, tmp_path):
+    """Load the mmproj for a llama.cpp model, evaluate an image from RGB bytes, get the next position."""
+    from llama_cpp import Llama
+
+    from medgemma_models.mtmd_compat import IMAGE, TEXT, VisionContext, media_marker
+
+    model, mmproj = pair
+    llm = Llama(model_path=str(model), n_ctx=128, n_batch=64, n_ubatch=64, verbose=False)
+    try:
+        with VisionContext(llm, model, mmproj, n_threads=2) as vision:
+            with vision.tokenize(f"look\n\n{media_marker()}\n\nhere", [image()]) as chunks:
+                kinds = [(c.kind, c.n_tokens) for c in chunks.describe()]
+            assert [k for k, _ in kinds] == [TEXT, IMAGE, TEXT] and kinds[1][1] == TOKENS_PER_IMAGE
+            # <start_of_image>, the image's tokens, <end_of_image>
+            assert vision.eval_image(image(), n_past=3, n_batch=64) == 3 + 1 + TOKENS_PER_IMAGE + 1
+            with pytest.raises(ValueError, match="number of images and media markers differ"):
+                vision.tokenize("no marker here", [image()])
+        other = tmp_path / "other.gguf"
+        assert convert(tiny.base("gemma3"), other) == 0
+        with pytest.raises(ModelFileError, match="was made from the base"):
+            VisionContext(llm, other, mmproj)
+    finally:
+        llm.close()
