@@ -8,12 +8,56 @@ of its positions is compared with transformers on exactly the same token ids (th
 
 from __future__ import annotations
 
+import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from medgemma_models.mtmd_compat import IMAGE, RgbImage, VisionContext, media_marker
+
+from .progress import Progress, no_progress
+
+# The check's prompt: a user turn asking about the image, then the start of the model's answer.
+CHECK_BEFORE = "<start_of_turn>user\nDescribe this medical image."
+CHECK_AFTER = "<end_of_turn>\n<start_of_turn>model\n"
+
+
+def check_image(size: int) -> np.ndarray:
+    """The fixed image of the check: size x size RGB (uint8), smooth gradients with a fine pattern over them.
+    Exactly the vision tower's size: transformers stretches other sizes and mtmd pads them, so any other
+    size would compare two resamplings, not the export."""
+    y, x = np.mgrid[0:size, 0:size] / max(1, size - 1)
+    pattern = (np.sin(x * 37.0) * np.cos(y * 23.0) + 1) / 2
+    rgb = np.stack([x, y, pattern], axis=-1) * 0.8 + pattern[..., None] * 0.2
+    return (rgb * 255).round().astype(np.uint8)
+
+
+def verify_image(base: Path, adapters: Sequence[tuple[Path, float]], model: Path, mmproj: Path, size: int,
+                 progress: Progress = no_progress) -> dict[str, Any]:
+    """Mean KLD and top-1 of llama.cpp (text GGUF + mmproj) against transformers + PEFT in float32, over the
+    next-token distributions after the check image."""
+    from .verify import compare_rows, run_reference
+
+    pixels = check_image(size)
+    progress("verify: image", 0, 2)
+    prompt, got = gguf_image_logits(model, mmproj, RgbImage(size, size, pixels.tobytes()), CHECK_BEFORE, CHECK_AFTER)
+    progress("verify: image", 1, 2)
+    with tempfile.TemporaryDirectory(prefix="medgemma-verify-image-") as tmp:
+        folder = Path(tmp)
+        (folder / "image.rgb").write_bytes(pixels.tobytes())
+        run_reference({"kind": "image", "base": str(base), "adapters": [[str(p), s] for p, s in adapters],
+                       "ids": list(prompt.ids), "tail_start": prompt.tail_start, "image": str(folder / "image.rgb"),
+                       "size": size, "out": str(folder / "logits.f32")}, folder, progress)
+        # Rows past the GGUF's vocabulary (padding in some checkpoints) are left out, as in the text check.
+        reference = np.fromfile(folder / "logits.f32", dtype=np.float32).reshape(len(got), -1)[:, : got.shape[1]]
+    targets = np.asarray(reference.argmax(axis=1))
+    kld, same, _, _ = compare_rows(reference, got, targets)
+    progress("verify: image", 2, 2)
+    return {"mode": "image", "tokens": int(len(kld)), "mean_kld": float(kld.mean()), "top1": float(same.mean()),
+            "image_size": size}
 
 
 @dataclass(frozen=True)

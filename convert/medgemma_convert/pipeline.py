@@ -74,7 +74,8 @@ def convert(plan: ConversionPlan, progress: Progress = no_progress) -> Conversio
         if mmproj is not None and plan.vision is not None:
             with recorder.stage(f"export mmproj {options.mmproj_type}"), _naming_failures(plan.mmproj or mmproj):
                 write_mmproj(plan.vision, plan.adapters, mmproj, options.mmproj_type, provenance, progress)
-            hashes[MMPROJ] = hasher.submit(_hash_and_sync, mmproj)
+            if options.verify != "full":
+                hashes[MMPROJ] = hasher.submit(_hash_and_sync, mmproj)
         quantized = {q: p for q, p in partials.items() if q != plan.intermediate}
         if quantized:
             untied = None
@@ -106,6 +107,12 @@ def convert(plan: ConversionPlan, progress: Progress = no_progress) -> Conversio
         if options.verify != "none":
             with recorder.stage("verify"):
                 figures = _verify(plan, partials, progress)
+        if mmproj is not None and plan.vision is not None and options.verify == "full":
+            # The pair's image check: the full verification only, as its reference loads the model whole.
+            with recorder.stage("verify image"):
+                figures[MMPROJ] = _verify_image(plan, next(iter(partials.values())), mmproj, progress)
+                add_string_keys(mmproj, {KEY_VERIFICATION: json.dumps(figures[MMPROJ])})
+            hashes[MMPROJ] = hasher.submit(_hash_and_sync, mmproj)
         if stamped:
             with recorder.stage("record figures"):
                 for quant, path in partials.items():
@@ -123,6 +130,7 @@ def convert(plan: ConversionPlan, progress: Progress = no_progress) -> Conversio
         output["verification"] = figures.get(output["quant"])
     if plan.mmproj is not None:
         described.append(describe_output(plan.mmproj, MMPROJ, sha256[MMPROJ]))
+        described[-1]["verification"] = figures.get(MMPROJ)
     report = ConversionReport(
         converter=CONVERTER_ID,
         inputs={
@@ -175,6 +183,14 @@ def _verify(plan: ConversionPlan, partials: dict[str, Path], progress: Progress)
     max_tokens = QUICK_TOKENS if plan.options.verify == "quick" else None
     results = verify_outputs(plan.base.path, adapters, list(partials.values()), text, progress, max_tokens=max_tokens)
     return {quant: _plain(results[str(path)]) for quant, path in partials.items()}
+
+
+def _verify_image(plan: ConversionPlan, model: Path, mmproj: Path, progress: Progress) -> dict[str, Any]:
+    from .image_check import verify_image
+
+    assert plan.vision is not None
+    adapters = [(a.folder, a.scale) for a in plan.adapters]
+    return verify_image(plan.base.path, adapters, model, mmproj, plan.vision.image_size, progress)
 
 
 def _imatrix(options: ConversionOptions, source: Path, progress: Progress) -> tuple[Imatrix, dict[str, Any]]:

@@ -246,3 +246,22 @@ def test_vision_context_as_the_desktop_uses_it(pair, tiny, tmp_path):
             VisionContext(llm, other, mmproj)
     finally:
         llm.close()
+
+
+def test_full_verification_checks_the_pair_on_an_image(tiny_vision, tmp_path, capsys):
+    """--verify adds the image check: the pair against transformers + PEFT, in the report, the mmproj and inspect."""
+    out = tmp_path / "tiny.gguf"
+    argv = ["--base", str(tiny_vision.base), "--adapter", str(tiny_vision.all_linear), "--out", str(out), "--verify",
+            "--progress", "none", "--report", str(tmp_path / "report.json")]
+    assert main(argv) == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    figures = {o["quant"]: o.get("verification") for o in report["outputs"]}
+    image_check = figures["mmproj"]
+    print(f"image check: {image_check}; text: {figures['f16']}")
+    assert image_check["mode"] == "image" and image_check["tokens"] > 3
+    assert image_check["mean_kld"] < 1e-3 and image_check["top1"] == 1.0
+    stamped = json.loads(field(gguf.GGUFReader(tmp_path / "mmproj-tiny.gguf"), "medgemma.verification"))
+    assert stamped == image_check
+    capsys.readouterr()
+    assert main(["inspect", str(tmp_path / "mmproj-tiny.gguf")]) == 0
+    assert '"mode": "image"' in capsys.readouterr().out
