@@ -56,6 +56,12 @@ def plan(options: ConversionOptions, progress: Progress = no_progress) -> Conver
     if options.verify != "none":
         check_available()
     progress("plan", 1, steps)
+    if base.quantization is not None:
+        from .bnb import describe
+
+        warnings.append(f"the base {base.path.name} is a bitsandbytes 4-bit checkpoint ({describe(base.hparams)}): its "
+                        "weights are dequantized exactly, but 4-bit rounding already lost quality that the 16-bit "
+                        "release has; a QLoRA adapter merges onto the very weights it was trained against")
     if base.kind == "gguf":
         warnings.append(f"the base {base.path.name} is a GGUF file: its weights are dequantized, and requantizing them "
                         "loses quality; the original Hugging Face folder gives better results")

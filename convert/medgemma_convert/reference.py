@@ -46,6 +46,9 @@ def reference_model(base: Path, adapters: Sequence[tuple[Path, float]]) -> torch
         model = AutoModelForCausalLM.from_pretrained(
             base.parent, gguf_file=base.name, quantization_config=GgufConfig(dequantize=True), dtype=torch.float32
         )
+    elif _is_quantized(base):
+        # A bitsandbytes 4-bit checkpoint: bitsandbytes dequantizes it, the very weights the export reads.
+        model = AutoModelForCausalLM.from_pretrained(base, device_map="cpu").dequantize().to(torch.float32)
     else:
         model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     for index, (adapter, scale) in enumerate(adapters):
@@ -55,6 +58,11 @@ def reference_model(base: Path, adapters: Sequence[tuple[Path, float]]) -> torch
         # Merging one adapter at a time sums the deltas: each depends only on its own A and B.
         model = peft_model.merge_and_unload()
     return model.eval()
+
+
+def _is_quantized(base: Path) -> bool:
+    config = json.loads((base / "config.json").read_text(encoding="utf-8"))
+    return isinstance(config.get("quantization_config"), dict)
 
 
 def _set_scale(model: torch.nn.Module, name: str, scale: float) -> None:
@@ -120,7 +128,7 @@ def streamed_model(base: Path, adapters: Sequence[tuple[Path, float]]
     from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    if not base.is_dir():
+    if not base.is_dir() or _is_quantized(base):
         return None
     checkpoint = Checkpoint(base)
     config = AutoConfig.from_pretrained(base)
