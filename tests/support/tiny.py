@@ -195,3 +195,29 @@ def kld(reference: np.ndarray, other: np.ndarray) -> np.ndarray:
 
 def write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def make_bnb_4bit(base: Path, out: Path, quant_type: str = "nf4", double_quant: bool = True) -> Path:
+    """`base` loaded with bitsandbytes 4-bit quantization on the CPU and saved as transformers saves it
+    (packed weights with .absmax, .quant_map, [.nested_*] and a .quant_state blob), tokenizer beside it."""
+    import torch
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quant_type, bnb_4bit_use_double_quant=double_quant,
+                                bnb_4bit_compute_dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(base, quantization_config=config, device_map="cpu", dtype=torch.float32)
+    model.save_pretrained(out, safe_serialization=True)
+    for path in base.iterdir():
+        if path.name.startswith("tokenizer") or path.name == "special_tokens_map.json":
+            (out / path.name).write_bytes(path.read_bytes())
+    return out
+
+
+def dequantized_logits(base: Path, adapters: Sequence[tuple[Path, float]], ids: Sequence[int]) -> np.ndarray:
+    """transformers' float32 logits on a bitsandbytes checkpoint dequantized by bitsandbytes, adapters merged by PEFT."""
+    import torch
+
+    from medgemma_convert.reference import reference_model
+
+    with torch.no_grad():
+        return reference_model(base, adapters)(torch.tensor([list(ids)])).logits[0].double().numpy()
