@@ -90,3 +90,15 @@ def test_8bit_checkpoint_is_refused_by_name(bnb_bases, tmp_path, capsys):
     config["quantization_config"] = {"quant_method": "bitsandbytes", "load_in_8bit": True, "load_in_4bit": False}
     (base / "config.json").write_text(json.dumps(config))
     _refused(capsys, base, tmp_path / "out", "8-bit (LLM.int8) checkpoint")
+
+
+def test_real_270m_in_nf4_through_f16(hf_base_270m, tmp_path):  # noqa: F811
+    """The real 270M loaded with BitsAndBytesConfig(nf4, double quantization) on the CPU and saved, as QLoRA
+    users keep it: its f16 export against transformers on the dequantized weights, KLD < 1e-3."""
+    base = make_bnb_4bit(hf_base_270m, tmp_path / "gemma-3-270m-bnb-4bit")
+    report = tmp_path / "report.json"
+    argv = ["--base", str(base), "--out", str(tmp_path / "model.gguf"), "--progress", "none", "--report", str(report)]
+    assert main(argv) == 0
+    figures = json.loads(report.read_text())["outputs"][0]["verification"]
+    print(f"270M nf4 -> f16: {figures}")
+    assert figures["mean_kld"] < 1e-3 and figures["top1"] >= 0.99
