@@ -283,7 +283,10 @@ def write_image_logits(base: Path, adapters: Sequence[tuple[Path, float]], ids: 
     from PIL import Image
     from transformers import AutoConfig, Gemma3ForConditionalGeneration, Gemma3ImageProcessorPil
 
-    model = Gemma3ForConditionalGeneration.from_pretrained(base, dtype=torch.float32)
+    if _is_quantized(base):
+        model = Gemma3ForConditionalGeneration.from_pretrained(base, device_map="cpu").dequantize().to(torch.float32)
+    else:
+        model = Gemma3ForConditionalGeneration.from_pretrained(base, dtype=torch.float32)
     for index, (adapter, scale) in enumerate(adapters):
         from peft import PeftModel
 

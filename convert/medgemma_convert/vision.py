@@ -21,6 +21,7 @@ import gguf
 
 from medgemma_models.errors import ConversionError
 
+from . import bnb
 from .json_input import read_json_object
 from .safetensors_header import FLOAT_DTYPES, TensorEntry, read_model_headers
 
@@ -40,7 +41,7 @@ class VisionTensor:
     name: str  # GGUF name, e.g. v.blk.0.attn_q.weight
     shape: tuple[int, ...]
     source: str  # the tensor's name in its file
-    stored: TensorEntry
+    stored: TensorEntry | bnb.Bnb4bitEntry
     norm_shift: bool = False  # mm.soft_emb_norm is a Gemma RMSNorm: stored as w, used as 1 + w
     embedding: bool = False  # patch and position embeddings: kept in f32, as llama.cpp's converter does
 
@@ -121,7 +122,8 @@ def resolve_vision(folder: Path, text_hidden_size: int) -> VisionTower | None:
     preprocessor = _preprocessor(folder)
     tokens = _tokens_per_image(config, preprocessor, config_file)
     _check_pooling(sizes["image_size"], sizes["patch_size"], tokens, config_file)
-    tensors = _tensors(folder, sizes, text_hidden_size, config_file)
+    quantized = bnb.quantization(config, folder) is not None
+    tensors = _tensors(folder, sizes, text_hidden_size, config_file, quantized)
     return VisionTower(
         folder=folder, image_size=sizes["image_size"], patch_size=sizes["patch_size"], hidden_size=sizes["hidden_size"],
         intermediate_size=sizes["intermediate_size"], n_layers=sizes["num_hidden_layers"],
@@ -185,7 +187,8 @@ def _check_pooling(image_size: int, patch_size: int, tokens: int, config_file: P
             f"{config_file}: {tokens} tokens per image ({side} per side) do not divide the {patches} patches per side")
 
 
-def _tensors(folder: Path, sizes: dict[str, int], text_hidden: int, config_file: Path) -> tuple[VisionTensor, ...]:
+def _tensors(folder: Path, sizes: dict[str, int], text_hidden: int, config_file: Path,
+             quantized: bool) -> tuple[VisionTensor, ...]:
     names = _name_map(sizes["num_hidden_layers"])
     hidden, ffn, patch = sizes["hidden_size"], sizes["intermediate_size"], sizes["patch_size"]
     n_patches = (sizes["image_size"] // patch) ** 2
@@ -202,10 +205,14 @@ def _tensors(folder: Path, sizes: dict[str, int], text_hidden: int, config_file:
         for norm in ("ln1", "ln2"):
             expected[f"v.blk.{i}.{norm}.weight"] = expected[f"v.blk.{i}.{norm}.bias"] = (hidden,)
     found: dict[str, VisionTensor] = {}
-    for hf_name, entry in read_model_headers(folder).items():
+    headers = read_model_headers(folder)
+    for hf_name, stored in headers.items():
         canonical = canonical_name(hf_name)
-        if canonical is None or canonical.startswith(_UNUSED):
+        if canonical is None or canonical.startswith(_UNUSED) or (quantized and bnb.is_part(hf_name)):
             continue
+        entry: TensorEntry | bnb.Bnb4bitEntry = stored
+        if quantized and stored.dtype not in FLOAT_DTYPES:
+            entry = bnb.resolve_4bit(hf_name, stored, headers, folder)  # a bitsandbytes 4-bit vision tower
         name = names.get_name(canonical, try_suffixes=(".weight", ".bias"))
         if name is None or name not in expected:
             raise ConversionError(f"{folder}: the vision tower has {hf_name}, which llama.cpp's Gemma 3 projector does not use")

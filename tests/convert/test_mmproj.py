@@ -265,3 +265,38 @@ def test_full_verification_checks_the_pair_on_an_image(tiny_vision, tmp_path, ca
     capsys.readouterr()
     assert main(["inspect", str(tmp_path / "mmproj-tiny.gguf")]) == 0
     assert '"mode": "image"' in capsys.readouterr().out
+
+
+def test_bnb_4bit_multimodal_base(tiny_vision, tmp_path, capsys):
+    """A QLoRA user's 4-bit MedGemma: both files from the dequantized weights, the pair checked on the image."""
+    from tests.support.tiny_vision import make_bnb_multimodal
+
+    base = make_bnb_multimodal(tiny_vision.base, tmp_path / "bnb")
+    out = tmp_path / "tiny.gguf"
+    assert convert(base, out, adapters=(tiny_vision.all_linear,)) == 0
+    assert "bitsandbytes 4-bit checkpoint" in capsys.readouterr().err
+    prompt, got = gguf_image_logits(out, tmp_path / "mmproj-tiny.gguf", image(), BEFORE, AFTER)
+    reference = reference_image_logits_dequantized(base, tiny_vision.all_linear, prompt, fixed_image())
+    assert kld(reference, got).mean() < 1e-3
+
+
+def reference_image_logits_dequantized(base: Path, adapter: Path, prompt, pixels: np.ndarray) -> np.ndarray:
+    """The reference child's own image job (it dequantizes a bitsandbytes base with bitsandbytes)."""
+    from medgemma_convert.reference import write_image_logits
+
+    folder = base.parent
+    (folder / "image.rgb").write_bytes(pixels.tobytes())
+    write_image_logits(base, [(adapter, 1.0)], list(prompt.ids), prompt.tail_start, folder / "image.rgb",
+                       IMAGE_SIZE, folder / "logits.f32")
+    return np.fromfile(folder / "logits.f32", dtype=np.float32).reshape(len(prompt.ids) - prompt.tail_start, -1)
+
+
+def test_lora_command_writes_the_text_part_and_says_why_not_the_vision_part(tiny_vision, tmp_path, capsys):
+    out = tmp_path / "adapter.gguf"
+    capsys.readouterr()
+    assert main(["lora", "--base", str(tiny_vision.base), "--adapter", str(tiny_vision.all_linear), "--out", str(out),
+                 "--progress", "none"]) == 0
+    err = capsys.readouterr().err
+    assert "vision-tower module(s) left out" in err and "no runtime adapter to an mmproj" in err
+    names = [t.name for t in gguf.GGUFReader(out).tensors]
+    assert names and not any(n.startswith(("v.", "mm.")) for n in names)

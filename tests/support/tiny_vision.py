@@ -180,3 +180,18 @@ def reference_image_logits(base: Path, adapters: Sequence[Path], ids: Sequence[i
     with torch.no_grad():
         logits = model(input_ids=input_ids, pixel_values=pixels, token_type_ids=token_type_ids).logits
     return logits[0, tail_start:].double().numpy()
+
+
+def make_bnb_multimodal(base: Path, out: Path) -> Path:
+    """The multimodal model loaded with bitsandbytes NF4 (double quantization) on the CPU and saved."""
+    import torch
+    from transformers import BitsAndBytesConfig, Gemma3ForConditionalGeneration
+
+    config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                bnb_4bit_compute_dtype=torch.float32)
+    model = Gemma3ForConditionalGeneration.from_pretrained(base, quantization_config=config, device_map="cpu",
+                                                           dtype=torch.float32)
+    model.save_pretrained(out, safe_serialization=True)
+    for name in ("tokenizer.model", "tokenizer_config.json", "preprocessor_config.json"):
+        (out / name).write_bytes((base / name).read_bytes())
+    return out
