@@ -17,6 +17,7 @@ from typing import Any
 
 from medgemma_models.errors import OutputError
 from medgemma_models.files import atomic_output, create_partial, sha256_file
+from medgemma_models.report import MMPROJ_QUANT as MMPROJ
 from medgemma_models.report import ConversionReport, OutputRecord, StageRecord
 
 from . import CONVERTER_ID
@@ -29,10 +30,6 @@ from .options import ConversionOptions
 from .quantize import quantize_all, recipes_for, untie
 from .stamp import KEY_IMATRIX, KEY_VERIFICATION, add_string_keys
 from .report import StageRecorder, describe_output, write_report
-
-
-# The report's `quant` of the mmproj output (the vision tower beside the text model).
-MMPROJ = "mmproj"
 
 
 def convert(plan: ConversionPlan, progress: Progress = no_progress) -> ConversionReport:

@@ -21,6 +21,7 @@ from medgemma_convert.image_check import gguf_image_logits
 from medgemma_models.errors import ModelFileError
 from medgemma_models.mmproj_pair import check_pair
 from medgemma_models.mtmd_compat import RgbImage
+from medgemma_models.report import ConversionReport
 
 BEFORE, AFTER = "Patient chest", "The diagnosis is"
 
@@ -102,6 +103,8 @@ def test_report_and_inspect_list_the_mmproj(pair, capsys):
     listed = {o["quant"]: o for o in report["outputs"]}
     assert listed["mmproj"]["path"] == str(mmproj) and listed["mmproj"]["file_type"] == "F16"
     assert report["inputs"]["mmproj"]["type"] == "f16"
+    typed = ConversionReport.from_dict(report)
+    assert typed.output_paths() == [str(model)] and typed.mmproj_path() == str(mmproj)  # the app loads models only
     capsys.readouterr()
     assert main(["inspect", str(model), "--mmproj", str(mmproj)]) == 0
     shown = capsys.readouterr().out
