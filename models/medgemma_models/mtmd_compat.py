@@ -19,9 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ModelFileError
+from .llama_log import LlamaLog
 from .mmproj_pair import check_pair
 
 TEXT, IMAGE = "text", "image"
+_mtmd_log: LlamaLog | None = None  # the capture mtmd logs to (it holds the C callback alive)
 
 
 @dataclass(frozen=True)
@@ -103,11 +105,20 @@ class VisionContext:
     """An mmproj loaded beside a llama.cpp text model (a `llama_cpp.Llama`)."""
 
     def __init__(self, llm: Any, model_path: Path, mmproj: Path, n_threads: int | None = None,
-                 use_gpu: bool = False) -> None:
-        """Load `mmproj` for `llm` (loaded from `model_path`); an mmproj of another model is refused first."""
+                 use_gpu: bool = False, log: LlamaLog | None = None) -> None:
+        """Load `mmproj` for `llm` (loaded from `model_path`); an mmproj of another model is refused first.
+
+        mtmd's own log (it prints every image it encodes) goes to `log` (the app's: `llama_log.app_log()`),
+        or to a capture of this context's own: never to the terminal.
+        """
         from llama_cpp import mtmd_cpp
 
         check_pair(Path(model_path), Path(mmproj))
+        global _mtmd_log
+        self.log = log or LlamaLog()
+        # mtmd keeps the callback process-wide: the capture it calls must outlive this context.
+        _mtmd_log = self.log
+        mtmd_cpp.mtmd_helper_log_set(self.log.c_callback(), ctypes.c_void_p(0))  # mtmd's and its helpers' log
         params = mtmd_cpp.mtmd_context_params_default()
         params.use_gpu = use_gpu
         params.print_timings = False
@@ -116,7 +127,9 @@ class VisionContext:
         self._llm = llm
         self._ctx = mtmd_cpp.mtmd_init_from_file(str(mmproj).encode("utf-8"), llm.model, params)
         if not self._ctx:
-            raise ModelFileError(f"llama.cpp could not load the mmproj {Path(mmproj).name}")
+            reason = self.log.last_error()
+            raise ModelFileError(f"llama.cpp could not load the mmproj {Path(mmproj).name}"
+                                 + (f": {reason}" if reason else ""))
         if not mtmd_cpp.mtmd_support_vision(self._ctx):
             self.close()
             raise ModelFileError(f"{Path(mmproj).name} holds no vision tower")

@@ -33,6 +33,7 @@ USED = {
     "mtmd_input_chunk_get_tokens_text": (2, ctypes.POINTER(llama_cpp.llama_token)),
     "mtmd_tokenize": (5, ctypes.c_int),
     "mtmd_helper_eval_chunk_single": (8, ctypes.c_int),
+    "mtmd_helper_log_set": (2, None),
 }
 
 
