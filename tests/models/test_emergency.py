@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -68,3 +69,23 @@ def test_broken_override_names_the_file_and_falls_back_to_the_shipped_list():
     assert error is not None and str(path) in error
     assert flags == FLAGS
     assert emergency.check("I want to kill myself") is not None
+
+
+SETS = json.loads((Path(__file__).parent / "data" / "emergency_sets.json").read_text(encoding="utf-8"))
+
+
+def precision_recall() -> tuple[float, float]:
+    true_pos = sum(emergency.match(text, FLAGS) is not None for text in SETS["positive"])
+    false_pos = sum(emergency.match(text, FLAGS) is not None for text in SETS["negative"])
+    return true_pos / max(1, true_pos + false_pos), true_pos / len(SETS["positive"])
+
+
+def test_precision_and_recall_on_the_phrasing_sets():
+    assert len(SETS["positive"]) >= 60 and len(SETS["negative"]) >= 60
+    precision, recall = precision_recall()
+    print(f"emergency red flags: precision {precision:.3f}, recall {recall:.3f}")
+    assert recall >= 0.98 and precision >= 0.95
+
+
+if __name__ == "__main__":
+    print("precision %.3f, recall %.3f" % precision_recall())
