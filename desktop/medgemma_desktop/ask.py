@@ -25,11 +25,14 @@ from .engine import Engine
 from .events import Finished, LoadCancelled, LoadError, ModelReady, PromptPlanned, RuntimeEvent
 from .generation import AdapterUse, EngineLike, Loaded, LoadFailed, ModelRequest
 from .history import History
+from .images.decode import read_image_file
+from .images.store import ImageStore
 from .library import ModelLibrary, adapter_records
 from .resolve import resolve
 from .runtime import Runtime, RuntimeBackend
 from .session import ChatSession, SessionListener
 from .settings import ChatSettings, LoadSettings
+from .vision_files import find_mmproj
 
 
 class AskFailed(MedGemmaError):
@@ -54,6 +57,8 @@ class AskResult:
     think: bool  # whether the prompt asked for reasoning (only presets that reason can)
     prompt: str  # the text the engine was given
     emergency_notice: dict[str, Any] | None = None  # the red-flag notice (medgemma_models.emergency), None when none
+    images: dict[str, int] = dataclasses.field(default_factory=lambda: {"count": 0, "tokens": 0})
+    image_encode_ms: float = 0.0  # encoding the images the KV cache did not hold
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -112,9 +117,10 @@ class Asker:
 
     def __init__(self, model: Path | None = None, adapters: Sequence[AdapterUse] | None = None,
                  load: LoadSettings = LoadSettings(), engine_factory: Callable[[], EngineLike] = Engine,
-                 runtime: Runtime | None = None) -> None:
+                 runtime: Runtime | None = None, mmproj: Path | None = None) -> None:
         """`model` None and `adapters` None: the app's default (the demo reasoning combination when shipped).
-        `runtime`: one to share (it stays open); else one of its own.
+        `runtime`: one to share (it stays open); else one of its own. `mmproj`: the vision projector
+        (by default the `mmproj-*.gguf` beside the model that fits it, if any).
 
         Raises MedGemmaError (generation.LoadFailed) naming the file that cannot be used.
         """
@@ -130,6 +136,9 @@ class Asker:
                 request = ModelRequest(path, chosen, load.options())
             else:
                 request = resolve(model, tuple(adapters or ()), options=load.options())
+            if mmproj is None and request.base is not None:
+                mmproj = find_mmproj(request.base)
+            request = dataclasses.replace(request, mmproj=mmproj)
             self.load_settings = load
             self.library.begin_load(request.base, request.adapters)
             loaded = load_model(self.runtime, request)
@@ -137,10 +146,11 @@ class Asker:
             current = self.library.current
             assert current is not None
             self.title = current.title or loaded.info.name
-            self.session = ChatSession(self.history, RuntimeBackend(self.runtime, self._deliver, wait=True))
+            self.session = ChatSession(self.history, RuntimeBackend(self.runtime, self._deliver, wait=True),
+                                       images=ImageStore(Path(self._folder.name) / "images"))
             self.recorder = _Recorder(self.session)
             self.session.use_model(loaded.info, loaded.sha256, current.title or None,
-                                   adapter_records(loaded, current.adapters))
+                                   adapter_records(loaded, current.adapters), vision=loaded.vision)
         except BaseException:
             self.close()
             raise
@@ -148,8 +158,9 @@ class Asker:
     def _deliver(self, event: RuntimeEvent) -> None:
         self.recorder(event)
 
-    def ask(self, question: str, think: bool | None = None, seed: int | None = None, **overrides: Any) -> AskResult:
-        """Answer `question` in a new chat; `think` None keeps the preset's default (on).
+    def ask(self, question: str, think: bool | None = None, seed: int | None = None,
+            images: Sequence[Path] = (), **overrides: Any) -> AskResult:
+        """Answer `question` in a new chat, about `images` if any; `think` None keeps the preset's default (on).
 
         `overrides` are chat settings (temperature, top_p, top_k, repeat_penalty, max_tokens), checked
         like stored ones; `seed` makes a sampled (temperature > 0) answer repeatable.
@@ -157,6 +168,11 @@ class Asker:
         if not question.strip():
             raise MedGemmaError("the question is empty")
         notice = emergency.check(question)  # from the list, never from the model
+        parts = []
+        for path in images:
+            decoded = read_image_file(path)
+            self.session.images.put(decoded)
+            parts.append(decoded.part)
         values = {**self.chat_settings.to_dict(), **overrides}
         if think is not None:
             values["think"] = think
@@ -167,7 +183,7 @@ class Asker:
         self.session.seed = seed
         self.session.new_chat()
         self.recorder.plan, self.recorder.text = None, ""
-        self.session.send(question)  # the backend waits: the answer is complete when this returns
+        self.session.send(question, parts)  # the backend waits: the answer is complete when this returns
         if collector.stats is None or self.recorder.plan is None:
             raise AskFailed(f"the answer failed: {collector.failure or 'no answer'}")
         stats = collector.stats
@@ -186,6 +202,9 @@ class Asker:
             think=settings.think_enabled,
             prompt=self.recorder.plan.plan.prompt.text,  # for reading: the markers spelled out
             emergency_notice=notice.to_dict() if notice else None,
+            images={"count": self.recorder.plan.plan.images,
+                    "tokens": sum(1 for token in self.recorder.plan.plan.tokens if token < 0)},
+            image_encode_ms=stats.image_encode_ms,
         )
 
     def close(self) -> None:
@@ -206,7 +225,7 @@ class Asker:
 
 def ask(question: str, model: Path | None = None, adapters: Sequence[AdapterUse] | None = None,
         think: bool | None = None, load: LoadSettings = LoadSettings(), seed: int | None = None,
-        **overrides: Any) -> AskResult:
+        images: Sequence[Path] = (), mmproj: Path | None = None, **overrides: Any) -> AskResult:
     """One question, one model load: what `medgemma-desktop --ask` runs. For many questions use `Asker`."""
-    with Asker(model, adapters, load) as asker:
-        return asker.ask(question, think, seed, **overrides)
+    with Asker(model, adapters, load, mmproj=mmproj) as asker:
+        return asker.ask(question, think, seed, images, **overrides)

@@ -52,6 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="answer one question the way the window would, print it and exit (no display needed)")
     parser.add_argument("--adapter", metavar="FILE[:SCALE]", type=parse_adapter, action="append", default=[],
                         help="with --ask or --serve: a GGUF LoRA adapter on top of the model (repeatable; scale 1 by default)")
+    parser.add_argument("--image", metavar="FILE", type=Path, action="append", default=[],
+                        help="with --ask: an image the question is about: PNG, JPEG, WebP or DICOM (repeatable); "
+                        "the model needs its vision projector")
+    parser.add_argument("--mmproj", metavar="FILE", type=Path,
+                        help="with --ask or --serve: the model's vision projector (default: the mmproj-*.gguf beside "
+                        "--model that fits it)")
     parser.add_argument("--think", type=parse_switch, metavar="on|off",
                         help="with --ask: ask for reasoning first (default: the preset's, on)")
     parser.add_argument("--max-tokens", type=int, metavar="N", help="with --ask: the answer's limit (default: the preset's)")
@@ -92,6 +98,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--think, --max-tokens and --temperature go with --ask")
     if args.adapter and args.ask is None and not args.serve:
         parser.error("--adapter goes with --ask or --serve")
+    if args.image and args.ask is None:
+        parser.error("--image goes with --ask")
+    if args.mmproj and args.ask is None and not args.serve:
+        parser.error("--mmproj goes with --ask or --serve")
     # The app is offline by design: nothing may reach for a model hub behind our back.
     go_offline()
     if args.about:
@@ -204,7 +214,7 @@ def ask(args: argparse.Namespace) -> int:
     adapters = [AdapterUse(path, scale) for path, scale in args.adapter]
     try:
         result = ask_question(args.ask, args.model, adapters if adapters or args.model else None, args.think,
-                              LoadSettings.from_dict(gpu), **overrides)
+                              LoadSettings.from_dict(gpu), images=args.image, mmproj=args.mmproj, **overrides)
     except AskFailed as exc:
         print(f"medgemma-desktop: {exc}", file=sys.stderr)
         return 1
@@ -216,7 +226,7 @@ def ask(args: argparse.Namespace) -> int:
         return 1
     if args.json:
         fields = ("reasoning", "answer", "finish_reason", "prompt_tokens", "generated_tokens", "ttft_ms",
-                  "decode_tok_per_s", "model", "preset", "think", "emergency_notice")
+                  "decode_tok_per_s", "model", "preset", "think", "emergency_notice", "images", "image_encode_ms")
         print(json.dumps({k: v for k, v in result.to_dict().items() if k in fields}, ensure_ascii=False))
         return 0
     if result.emergency_notice:
