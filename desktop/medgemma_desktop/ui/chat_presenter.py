@@ -97,7 +97,7 @@ class ChatPresenter(QObject, SessionListener):
         if self.session.chat_id is None:
             return False
         try:
-            export_chat(self.history, self.session.chat_id, path, fmt)  # type: ignore[arg-type]
+            export_chat(self.history, self.session.chat_id, path, fmt, self.session.images)  # type: ignore[arg-type]
         except (MedGemmaError, OSError) as exc:
             self.report_error("Could not export the chat", str(exc))
             return False
