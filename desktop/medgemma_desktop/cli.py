@@ -56,8 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="with --ask: an image the question is about: PNG, JPEG, WebP or DICOM (repeatable); "
                         "the model needs its vision projector")
     parser.add_argument("--mmproj", metavar="FILE", type=Path,
-                        help="with --ask or --serve: the model's vision projector (default: the mmproj-*.gguf beside "
-                        "--model that fits it)")
+                        help="with --ask: the model's vision projector (default, and always for --serve and the "
+                        "window: the mmproj-*.gguf beside the model that fits it)")
     parser.add_argument("--think", type=parse_switch, metavar="on|off",
                         help="with --ask: ask for reasoning first (default: the preset's, on)")
     parser.add_argument("--max-tokens", type=int, metavar="N", help="with --ask: the answer's limit (default: the preset's)")
@@ -100,8 +100,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--adapter goes with --ask or --serve")
     if args.image and args.ask is None:
         parser.error("--image goes with --ask")
-    if args.mmproj and args.ask is None and not args.serve:
-        parser.error("--mmproj goes with --ask or --serve")
+    if args.mmproj and args.ask is None:
+        parser.error("--mmproj goes with --ask (the server and the window use the mmproj-*.gguf beside the model)")
     # The app is offline by design: nothing may reach for a model hub behind our back.
     go_offline()
     if args.about:
