@@ -28,7 +28,7 @@ from .answer import AnswerStats, GenerationStats, LoadCancelledError, OffloadRep
 from .conversation import ChatMessage, ImageLoader, build_prompt
 from .events import AnswerPiece, Failed, Finished, PromptPlanned, ReasoningPiece, RuntimeEvent
 from .settings import GenerationSettings, LoadOptions
-from .vision_files import find_mmproj
+from .vision_files import find_mmproj, is_mmproj
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +132,9 @@ def open_model(factory: Callable[[], EngineLike], request: ModelRequest,
     except Exception as exc:  # a file broken in a way the reader did not foresee
         log.exception("reading the model header failed")
         raise LoadFailed(CANNOT_OPEN, f"{name} is not a readable GGUF file ({type(exc).__name__}: {exc})") from exc
+    if is_mmproj(info):
+        raise LoadFailed(CANNOT_OPEN, f"{path.name} is a vision projector (mmproj), not a model: open the model it "
+                                      "belongs to, with this file beside it")
     if not info.is_gemma:
         raise LoadFailed(CANNOT_OPEN,
                          f"{path.name} is a {info.architecture} model; MedGemma Edge runs Gemma 2 and Gemma 3 models.")
