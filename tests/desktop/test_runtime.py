@@ -47,7 +47,7 @@ class Events(list):
 
 def request(text: str, preset: str = "medical-cot-270m", **settings: object) -> GenerationRequest:
     chat = ChatSettings.from_dict({"preset": preset, "max_tokens": 256, **settings})
-    message = type("M", (), {"role": "user", "text": text, "reasoning": ""})()
+    message = type("M", (), {"role": "user", "text": text, "reasoning": "", "image_ids": ()})()
     return GenerationRequest(chat.preset_spec, [message], chat.generation(seed=0), None, True, False)
 
 

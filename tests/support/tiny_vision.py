@@ -57,13 +57,17 @@ def preprocessor_config(tokens_per_image: int = TOKENS_PER_IMAGE, image_size: in
     }
 
 
-def make_multimodal_model(folder: Path, tokenizer: Path, seed: int = 0, **sizes: int) -> Path:
-    """A random Gemma3ForConditionalGeneration saved as float32 safetensors, with tokenizer and preprocessor config."""
+def make_multimodal_model(folder: Path, tokenizer: Path, seed: int = 0, widths: dict[str, Any] | None = None,
+                          **sizes: int) -> Path:
+    """A random Gemma3ForConditionalGeneration saved as float32 safetensors, with tokenizer and preprocessor config.
+    `widths` overrides parts of the config ({"vision_config": {...}, "text_config": {...}}), for real sizes."""
     import torch
     from transformers import Gemma3Config, Gemma3ForConditionalGeneration
 
     folder.mkdir(parents=True, exist_ok=True)
     config_dict = multimodal_config(**sizes)
+    for part, values in (widths or {}).items():
+        config_dict[part] = {**config_dict[part], **values}
     config = Gemma3Config(**{k: v for k, v in config_dict.items() if k not in ("architectures", "model_type")})
     torch.manual_seed(seed)
     model = Gemma3ForConditionalGeneration(config).to(torch.float32)
