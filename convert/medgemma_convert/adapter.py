@@ -22,6 +22,7 @@ from .options import AdapterSpec
 from .progress import Progress, no_progress
 from .safetensors_header import FLOAT_DTYPES, TensorEntry, read_header
 from .tensor_names import text_model_name
+from .vision import VisionTower, is_vision_name
 
 
 _PREFIX = "base_model.model."
@@ -57,7 +58,8 @@ class ResolvedAdapter:
     rslora: bool
     sha256: str
     base_model: str | None  # base_model_name_or_path from adapter_config.json
-    targets: tuple[LoraTarget, ...]
+    targets: tuple[LoraTarget, ...]  # on the text model
+    vision_targets: tuple[LoraTarget, ...] = ()  # on the vision tower (merged into the mmproj), by mmproj GGUF name
 
     def factor(self, target: LoraTarget) -> float:
         """The multiplier of B @ A: scale * alpha / r, or alpha / sqrt(r) with rsLoRA."""
@@ -69,9 +71,14 @@ class ResolvedAdapter:
 
 
 def resolve_adapter(
-    spec: AdapterSpec, base: ResolvedBase, warnings: list[str], progress: Progress = no_progress
+    spec: AdapterSpec, base: ResolvedBase, warnings: list[str], progress: Progress = no_progress,
+    vision: VisionTower | None = None,
 ) -> ResolvedAdapter:
-    """Find the adapter and check every tensor against the base; any misfit raises AdapterError."""
+    """Find the adapter and check every tensor against the base; any misfit raises AdapterError.
+
+    Targets on the vision tower are mapped onto `vision` (the mmproj being written); without one
+    they are left out with a warning.
+    """
     if not math.isfinite(spec.scale):
         raise AdapterError(f"--adapter {spec.source}: the scale {spec.scale} is not a finite number")
     source, folder = hub.locate(spec.source, hub.ADAPTER_FILES, "--adapter", progress)
@@ -84,12 +91,12 @@ def resolve_adapter(
     header = read_header(weights)
     _check_config(source, config, header)
     _check_base_identity(source, config.get("base_model_name_or_path"), base, warnings)
-    targets = _map_targets(source, config, header, base, warnings)
+    targets, vision_targets = _map_targets(source, config, header, base, warnings, vision)
     return ResolvedAdapter(
         id=source, folder=folder, weights=weights, scale=spec.scale,
         r=config.get("r", _PEFT_DEFAULT_R), alpha=float(config.get("lora_alpha", _PEFT_DEFAULT_ALPHA)),
         rslora=config.get("use_rslora", False), sha256=sha256_file(weights),
-        base_model=config.get("base_model_name_or_path"), targets=targets,
+        base_model=config.get("base_model_name_or_path"), targets=targets, vision_targets=vision_targets,
     )
 
 
@@ -233,8 +240,10 @@ def _pattern_value(patterns: list[tuple[re.Pattern[str], Any]], module: str, def
 
 
 def _map_targets(
-    source: str, config: dict[str, Any], header: dict[str, TensorEntry], base: ResolvedBase, warnings: list[str]
-) -> tuple[LoraTarget, ...]:
+    source: str, config: dict[str, Any], header: dict[str, TensorEntry], base: ResolvedBase, warnings: list[str],
+    vision: VisionTower | None = None,
+) -> tuple[tuple[LoraTarget, ...], tuple[LoraTarget, ...]]:
+    """(text-model targets, vision-tower targets) of the adapter."""
     modules: dict[str, dict[str, str]] = {}
     for key in header:
         if key.endswith(_A):
@@ -247,30 +256,38 @@ def _map_targets(
         raise AdapterError(f"adapter {source} holds no LoRA tensors")
     rank_patterns = _compile_patterns(source, config, "rank_pattern")
     alpha_patterns = _compile_patterns(source, config, "alpha_pattern")
-    targets = []
+    targets: list[LoraTarget] = []
+    vision_targets: list[LoraTarget] = []
     skipped = 0
     for key_module, pair in sorted(modules.items()):
         if "A" not in pair or "B" not in pair:
             raise AdapterError(f"adapter {source} has only one of lora_A/lora_B for {key_module}")
         module = key_module.removeprefix(_PREFIX)
-        if text_model_name(module + ".weight") is None:
-            skipped += 1  # vision-tower modules of a multimodal adapter: not part of the text export
-            continue
-        name = base.name_map.gguf_name(module + ".weight")
-        tensor = base.tensor(name) if name else None
-        if tensor is None:
+        on_vision = is_vision_name(module)
+        if on_vision or text_model_name(module + ".weight") is None:
+            if vision is None or not on_vision:
+                skipped += 1  # vision-tower modules when no mmproj is written
+                continue
+            name = vision.gguf_name(module + ".weight")
+            tensor_source, shape = _vision_tensor(vision, name)
+            into = vision_targets
+        else:
+            name = base.name_map.gguf_name(module + ".weight")
+            tensor = base.tensor(name) if name else None
+            tensor_source, shape = (tensor.source, tensor.shape) if tensor is not None else (None, None)
+            into = targets
+        if tensor_source is None or shape is None or name is None:
             raise AdapterError(f"adapter {source} targets {module}, which the base does not have")
-        if any(t.name == name for t in targets):
-            raise AdapterError(f"adapter {source}: {module} lands on base tensor {tensor.source} a second time")
+        if any(t.name == name for t in into):
+            raise AdapterError(f"adapter {source}: {module} lands on base tensor {tensor_source} a second time")
         a, b = header[pair["A"]], header[pair["B"]]
         if a.dtype not in FLOAT_DTYPES or b.dtype not in FLOAT_DTYPES:
             raise AdapterError(f"adapter {source}: {module} is stored as {a.dtype}/{b.dtype}, not float32/float16/bfloat16")
-        out_features, in_features = tensor.shape
-        fits = len(a.shape) == 2 and len(b.shape) == 2 and a.shape[0] == b.shape[1]
-        if not fits or a.shape[1] != in_features or b.shape[0] != out_features:
+        fits = len(shape) == 2 and len(a.shape) == 2 and len(b.shape) == 2 and a.shape[0] == b.shape[1]
+        if not fits or a.shape[1] != shape[1] or b.shape[0] != shape[0]:
             raise AdapterError(
                 f"adapter {source}: {module} does not fit the base: lora_A {a.shape} x lora_B {b.shape} "
-                f"against base tensor {tensor.source} {tensor.shape}"
+                f"against base tensor {tensor_source} {shape}"
             )
         rank = _pattern_value(rank_patterns, module, config.get("r", _PEFT_DEFAULT_R))
         if a.shape[0] != rank:
@@ -280,7 +297,15 @@ def _map_targets(
                 f"but adapter_config.json gives it rank {rank}"
             )
         alpha = float(_pattern_value(alpha_patterns, module, config.get("lora_alpha", _PEFT_DEFAULT_ALPHA)))
-        targets.append(LoraTarget(name, module, a, b, rank, alpha))
+        into.append(LoraTarget(name, module, a, b, rank, alpha))
     if skipped:
-        warnings.append(f"adapter {source}: {skipped} vision-tower module(s) skipped (only the text model is exported)")
-    return tuple(targets)
+        warnings.append(
+            f"adapter {source}: {skipped} vision-tower module(s) left out: only the text model is written here "
+            "(llama.cpp applies no runtime adapter to an mmproj; merging the adapter into a multimodal base "
+            "writes them into its mmproj)")
+    return tuple(targets), tuple(vision_targets)
+
+
+def _vision_tensor(vision: VisionTower, name: str | None) -> tuple[str | None, tuple[int, ...] | None]:
+    tensor = vision.tensor(name) if name else None
+    return (tensor.source, tensor.shape) if tensor is not None else (None, None)

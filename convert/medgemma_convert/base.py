@@ -15,7 +15,7 @@ from typing import Any
 from medgemma_models.errors import ConversionError
 from medgemma_models.gguf_info import GEMMA_ARCHITECTURES
 
-from . import hub
+from . import bnb, hub
 from .json_input import read_json_object
 from .progress import Progress, no_progress
 from .safetensors_header import FLOAT_DTYPES, TensorEntry, read_model_headers
@@ -41,7 +41,7 @@ class BaseTensor:
     file: Path
     norm_shift: bool = False  # add 1 (Gemma RMSNorm weights stored as w, used as 1 + w)
     rows: int | None = None  # keep only the first rows (embedding rows beyond the vocabulary)
-    stored: TensorEntry | None = None  # where its bytes are in a safetensors file (None in a GGUF base)
+    stored: TensorEntry | bnb.Bnb4bitEntry | None = None  # where its values are (None in a GGUF base)
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,7 @@ class ResolvedBase:
     tensors: tuple[BaseTensor, ...]
     vocab: Vocab | None  # None for a GGUF base: its tokenizer keys are copied as they are
     name_map: NameMap
+    quantization: str | None = None  # "bnb-4bit": a bitsandbytes 4-bit checkpoint, dequantized as it is read
 
     @property
     def hidden_size(self) -> int:
@@ -99,6 +100,7 @@ def _resolve_hf(source: str, folder: Path) -> ResolvedBase:
         raise ConversionError(f"{folder} is not a Hugging Face model folder (no config.json)")
     config = read_json_object(config_file)
     arch = _architecture(config, folder)
+    quantization = bnb.quantization(config, folder)
     hparams = text_config(config)
     _check_supported(hparams, config_file)
     n_blocks = hparams["num_hidden_layers"]
@@ -107,12 +109,17 @@ def _resolve_hf(source: str, folder: Path) -> ResolvedBase:
     _check_vocab_size(hparams, headers, names, config_file)  # before the vocabulary is allocated
     vocab = load_vocab(folder, hparams.get("vocab_size"))
     tensors = []
-    for hf_name, entry in headers.items():
+    for hf_name, stored in headers.items():
+        if quantization is not None and bnb.is_part(hf_name):
+            continue  # read with the weight it belongs to
         gguf_name = names.gguf_name(hf_name)
         if gguf_name is None:
-            _check_not_a_dropped_layer(hf_name, n_blocks, entry, config_file)
+            _check_not_a_dropped_layer(hf_name, n_blocks, stored, config_file)
             continue
-        if entry.dtype not in FLOAT_DTYPES:
+        entry: TensorEntry | bnb.Bnb4bitEntry = stored
+        if stored.dtype not in FLOAT_DTYPES and quantization is not None:
+            entry = bnb.resolve_4bit(hf_name, stored, headers, folder)
+        elif stored.dtype not in FLOAT_DTYPES:
             raise ConversionError(
                 f"base in {folder} stores {hf_name} as {entry.dtype}, a quantized checkpoint (such as a "
                 "bitsandbytes 4-bit one): pass the 16-bit release it was made from; LoRA merges onto float weights"
@@ -129,7 +136,7 @@ def _resolve_hf(source: str, folder: Path) -> ResolvedBase:
         raise ConversionError(f"the tokenizer has {len(vocab.tokens)} tokens but the embedding only {embd.shape[0]} rows")
     ordered = _ordered(tensors)
     _check_shapes(hparams, ordered, config_file)
-    return ResolvedBase("hf", source, folder, arch, hparams, tuple(ordered), vocab, names)
+    return ResolvedBase("hf", source, folder, arch, hparams, tuple(ordered), vocab, names, quantization)
 
 
 def _check_supported(hparams: dict[str, Any], config_file: Path) -> None:

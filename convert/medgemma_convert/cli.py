@@ -30,12 +30,15 @@ DEBUG_VARIABLE = "MEDGEMMA_DEBUG"  # set: unexpected errors show their traceback
 
 EPILOG = """\
 other command:
-  medgemma-convert inspect FILE.gguf [--json]   show what a GGUF file holds
+  medgemma-convert inspect FILE.gguf [--json] [--mmproj MMPROJ.gguf]
+                                                 show what a GGUF file holds (and whether an mmproj fits it)
   medgemma-convert lora --base BASE --adapter DIR[:SCALE]... --out ADAPTER.gguf
                                                  write PEFT LoRA adapters as one GGUF adapter (unmerged)
   medgemma-convert export-hf MODEL.gguf OUT_DIR  write a GGUF model as a Hugging Face folder
 
 outputs: one --quant writes exactly OUT; several (e.g. f16,q8_0) write OUT-f16.gguf, OUT-q8_0.gguf beside it.
+vision: a multimodal base (MedGemma 4B) also writes its vision tower as mmproj-OUT beside OUT, the second file
+  llama.cpp, LM Studio and Ollama load for images; an adapter's vision-tower targets are merged into it.
 downloads: only a source written hub:OWNER/NAME is fetched from the Hugging Face hub (into its cache, HF_TOKEN
   honoured); a plain OWNER/NAME is a local path, and one that does not exist is an error.
 exit status: 0 done, 2 refused (one line says why; nothing written), 130 interrupted, 1 unexpected error
@@ -77,6 +80,13 @@ def _convert_parser() -> argparse.ArgumentParser:
                    help="type of the token embedding; differing from --output-type writes a separate output matrix")
     p.add_argument("--tensor-type", action="append", default=[], metavar="REGEX=TYPE",
                    help="type of the tensors whose GGUF name matches REGEX; repeatable, the first match wins")
+    vision = p.add_mutually_exclusive_group()
+    vision.add_argument("--mmproj-out", type=Path, metavar="MMPROJ.gguf",
+                        help="where a multimodal base's vision tower goes (default: mmproj-OUT beside the model)")
+    vision.add_argument("--no-mmproj", dest="mmproj", action="store_false",
+                        help="write the text model only, without the vision tower")
+    p.add_argument("--mmproj-type", choices=("f32", "f16", "bf16", "q8_0"), default="f16",
+                   help="tensor type of the mmproj's matrices (default f16)")
     p.add_argument("--report", type=Path, metavar="REPORT.json", help="write a JSON report")
     _add_run_options(p, "existing outputs")
     return p
@@ -96,6 +106,8 @@ def _inspect_parser() -> argparse.ArgumentParser:
     p = _subcommand_parser("inspect", "Show what a GGUF file holds.")
     p.add_argument("file", type=Path, metavar="FILE.gguf")
     p.add_argument("--json", action="store_true", help="print the information as JSON")
+    p.add_argument("--mmproj", type=Path, metavar="MMPROJ.gguf",
+                   help="check that this vision tower (mmproj) belongs to FILE (exit 2 with the reason if not)")
     return p
 
 
@@ -222,6 +234,10 @@ def _inspect(args: argparse.Namespace) -> None:
     from medgemma_models.gguf_info import read_model_info
 
     info = read_model_info(args.file)
+    if args.mmproj is not None:
+        from medgemma_models.mmproj_pair import check_pair
+
+        check_pair(info, args.mmproj)
     if args.json:
         print(json.dumps(info.to_dict(), indent=2, default=str))
         return
@@ -234,7 +250,10 @@ def _inspect(args: argparse.Namespace) -> None:
         ("bos / eos / eot", f"{info.bos_id} / {info.eos_id} / {info.eot_id}"),
         ("chat template", "yes" if info.has_chat_template else "no"),
     ]
+    rows += [(key.replace("_", " "), value) for key, value in info.vision.items() if value is not None]
     rows += [(key, json.dumps(value) if not isinstance(value, str) else value) for key, value in info.provenance.items()]
+    if args.mmproj is not None:
+        rows.append(("mmproj", f"{args.mmproj} fits this model"))
     for key, value in rows:
         print(f"{key:<16} {value}")
 
@@ -289,6 +308,8 @@ def _convert(args: argparse.Namespace, json_lines: JsonLines | None) -> None:
         calibration_text=args.calibration_text.absolute() if args.calibration_text else None,
         save_imatrix=args.save_imatrix.absolute() if args.save_imatrix else None,
         output_type=args.output_type, embedding_type=args.embedding_type, tensor_types=args.tensor_type,
+        mmproj=args.mmproj, mmproj_type=args.mmproj_type,
+        mmproj_out=args.mmproj_out.absolute() if args.mmproj_out else None,
     )
     with _progress(args, json_lines) as progress:
         the_plan = plan(options, progress)

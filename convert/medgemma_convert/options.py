@@ -56,6 +56,10 @@ class ConversionOptions:
     tensor_types: tuple[tuple[str, str], ...] = ()  # (regex on GGUF tensor names, type)
     report: Path | None = None
     force: bool = False
+    # A multimodal base's vision tower as an mmproj GGUF beside the text model (False: --no-mmproj).
+    mmproj: bool = True
+    mmproj_type: str = "f16"
+    mmproj_out: Path | None = None  # default: mmproj-<output name> beside the text model
 
     @classmethod
     def create(
@@ -82,6 +86,10 @@ class ConversionOptions:
 
     def check(self) -> None:
         """Refuse combinations that are wrong whatever the inputs."""
+        if self.mmproj_type not in MMPROJ_TYPES:
+            raise ConversionError(f"--mmproj-type: unknown type {self.mmproj_type!r}; valid: {', '.join(MMPROJ_TYPES)}")
+        if not self.mmproj and self.mmproj_out is not None:
+            raise ConversionError("--mmproj-out and --no-mmproj contradict each other")
         if self.verify not in VERIFY_MODES:
             raise ConversionError(f"unknown verification {self.verify!r}; valid: {', '.join(VERIFY_MODES)}")
         for flag, value in (("--output-type", self.output_type), ("--embedding-type", self.embedding_type)):
@@ -98,6 +106,7 @@ class ConversionOptions:
 
 
 VERIFY_MODES = ("quick", "full", "none")
+MMPROJ_TYPES = ("f32", "f16", "bf16", "q8_0")
 
 
 def check_type_name(name: str, flag: str) -> str:

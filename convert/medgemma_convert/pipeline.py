@@ -17,10 +17,12 @@ from typing import Any
 
 from medgemma_models.errors import OutputError
 from medgemma_models.files import atomic_output, create_partial, sha256_file
+from medgemma_models.report import MMPROJ_QUANT as MMPROJ
 from medgemma_models.report import ConversionReport, OutputRecord, StageRecord
 
 from . import CONVERTER_ID
 from .gguf_export import Provenance, write_gguf
+from .mmproj import write_mmproj
 from .plan import ConversionPlan
 from .progress import Progress, no_progress
 from .imatrix import Imatrix, calibration_texts, compute_imatrix, read_imatrix, text_sha256, write_imatrix
@@ -56,6 +58,7 @@ def convert(plan: ConversionPlan, progress: Progress = no_progress) -> Conversio
         outputs.callback(hasher.shutdown, cancel_futures=True)
         partials = {q: outputs.enter_context(atomic_output(p, options.force)) for q, p in plan.outputs.items()}
         saved_imatrix = outputs.enter_context(atomic_output(options.save_imatrix, options.force)) if options.save_imatrix else None
+        mmproj = outputs.enter_context(atomic_output(plan.mmproj, options.force)) if plan.mmproj else None
         source = partials.get(plan.intermediate)
         if source is None:
             # Only quantized outputs asked for: the unquantized export is a temporary source.
@@ -65,6 +68,11 @@ def convert(plan: ConversionPlan, progress: Progress = no_progress) -> Conversio
             write_gguf(plan.base, plan.adapters, source, plan.intermediate, provenance, progress)
         if plan.intermediate in partials and not stamped:
             hashes[plan.intermediate] = hasher.submit(_hash_and_sync, source)
+        if mmproj is not None and plan.vision is not None:
+            with recorder.stage(f"export mmproj {options.mmproj_type}"), _naming_failures(plan.mmproj or mmproj):
+                write_mmproj(plan.vision, plan.adapters, mmproj, options.mmproj_type, provenance, progress)
+            if options.verify != "full":
+                hashes[MMPROJ] = hasher.submit(_hash_and_sync, mmproj)
         quantized = {q: p for q, p in partials.items() if q != plan.intermediate}
         if quantized:
             untied = None
@@ -96,6 +104,12 @@ def convert(plan: ConversionPlan, progress: Progress = no_progress) -> Conversio
         if options.verify != "none":
             with recorder.stage("verify"):
                 figures = _verify(plan, partials, progress)
+        if mmproj is not None and plan.vision is not None and options.verify == "full":
+            # The pair's image check: the full verification only, as its reference loads the model whole.
+            with recorder.stage("verify image"):
+                figures[MMPROJ] = _verify_image(plan, next(iter(partials.values())), mmproj, progress)
+                add_string_keys(mmproj, {KEY_VERIFICATION: json.dumps(figures[MMPROJ])})
+            hashes[MMPROJ] = hasher.submit(_hash_and_sync, mmproj)
         if stamped:
             with recorder.stage("record figures"):
                 for quant, path in partials.items():
@@ -111,6 +125,9 @@ def convert(plan: ConversionPlan, progress: Progress = no_progress) -> Conversio
     described = [describe_output(path, quant, sha256[quant]) for quant, path in plan.outputs.items()]
     for output in described:
         output["verification"] = figures.get(output["quant"])
+    if plan.mmproj is not None:
+        described.append(describe_output(plan.mmproj, MMPROJ, sha256[MMPROJ]))
+        described[-1]["verification"] = figures.get(MMPROJ)
     report = ConversionReport(
         converter=CONVERTER_ID,
         inputs={
@@ -121,6 +138,7 @@ def convert(plan: ConversionPlan, progress: Progress = no_progress) -> Conversio
             "name": plan.name,
             "verify": options.verify,
             "recipes": {q: dataclasses.asdict(r) for q, r in recipes.items()},
+            "mmproj": {"type": options.mmproj_type, "path": str(plan.mmproj)} if plan.mmproj else None,
         },
         outputs=tuple(OutputRecord(**output) for output in described),
         warnings=tuple(plan.warnings),
@@ -162,6 +180,14 @@ def _verify(plan: ConversionPlan, partials: dict[str, Path], progress: Progress)
     max_tokens = QUICK_TOKENS if plan.options.verify == "quick" else None
     results = verify_outputs(plan.base.path, adapters, list(partials.values()), text, progress, max_tokens=max_tokens)
     return {quant: _plain(results[str(path)]) for quant, path in partials.items()}
+
+
+def _verify_image(plan: ConversionPlan, model: Path, mmproj: Path, progress: Progress) -> dict[str, Any]:
+    from .image_check import verify_image
+
+    assert plan.vision is not None
+    adapters = [(a.folder, a.scale) for a in plan.adapters]
+    return verify_image(plan.base.path, adapters, model, mmproj, plan.vision.image_size, progress)
 
 
 def _imatrix(options: ConversionOptions, source: Path, progress: Progress) -> tuple[Imatrix, dict[str, Any]]:

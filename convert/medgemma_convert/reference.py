@@ -46,6 +46,9 @@ def reference_model(base: Path, adapters: Sequence[tuple[Path, float]]) -> torch
         model = AutoModelForCausalLM.from_pretrained(
             base.parent, gguf_file=base.name, quantization_config=GgufConfig(dequantize=True), dtype=torch.float32
         )
+    elif _is_quantized(base):
+        # A bitsandbytes 4-bit checkpoint: bitsandbytes dequantizes it, the very weights the export reads.
+        model = AutoModelForCausalLM.from_pretrained(base, device_map="cpu").dequantize().to(torch.float32)
     else:
         model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     for index, (adapter, scale) in enumerate(adapters):
@@ -55,6 +58,11 @@ def reference_model(base: Path, adapters: Sequence[tuple[Path, float]]) -> torch
         # Merging one adapter at a time sums the deltas: each depends only on its own A and B.
         model = peft_model.merge_and_unload()
     return model.eval()
+
+
+def _is_quantized(base: Path) -> bool:
+    config = json.loads((base / "config.json").read_text(encoding="utf-8"))
+    return isinstance(config.get("quantization_config"), dict)
 
 
 def _set_scale(model: torch.nn.Module, name: str, scale: float) -> None:
@@ -120,7 +128,7 @@ def streamed_model(base: Path, adapters: Sequence[tuple[Path, float]]
     from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    if not base.is_dir():
+    if not base.is_dir() or _is_quantized(base):
         return None
     checkpoint = Checkpoint(base)
     config = AutoConfig.from_pretrained(base)
@@ -266,6 +274,37 @@ def write_logits(base: Path, adapters: Sequence[tuple[Path, float]], chunks: lis
     return streamed is not None
 
 
+def write_image_logits(base: Path, adapters: Sequence[tuple[Path, float]], ids: list[int | None], tail_start: int,
+                       image: Path, size: int, out: Path) -> None:
+    """The multimodal reference: logits at positions tail_start.. of `ids` (None: the image's tokens), the RGB
+    image in `image` (size x size x 3 bytes) through the base's own image processor, written to `out` as float32."""
+    import numpy as np
+    import torch
+    from PIL import Image
+    from transformers import AutoConfig, Gemma3ForConditionalGeneration, Gemma3ImageProcessorPil
+
+    if _is_quantized(base):
+        model = Gemma3ForConditionalGeneration.from_pretrained(base, device_map="cpu").dequantize().to(torch.float32)
+    else:
+        model = Gemma3ForConditionalGeneration.from_pretrained(base, dtype=torch.float32)
+    for index, (adapter, scale) in enumerate(adapters):
+        from peft import PeftModel
+
+        name = f"adapter{index}"
+        peft_model = PeftModel.from_pretrained(model, str(adapter), adapter_name=name)
+        _set_scale(peft_model, name, scale)
+        model = peft_model.merge_and_unload()
+    image_token = AutoConfig.from_pretrained(base).image_token_index
+    rgb = np.frombuffer(image.read_bytes(), dtype=np.uint8).reshape(size, size, 3)
+    pixels = Gemma3ImageProcessorPil.from_pretrained(base)(images=[Image.fromarray(rgb)], return_tensors="pt")
+    input_ids = torch.tensor([[image_token if i is None else i for i in ids]])
+    token_type_ids = torch.tensor([[1 if i is None else 0 for i in ids]])
+    with torch.inference_mode():
+        logits = model.eval()(input_ids=input_ids, pixel_values=pixels["pixel_values"].to(torch.float32),
+                              token_type_ids=token_type_ids).logits[0, tail_start:]
+    out.write_bytes(logits.to(torch.float32).numpy().tobytes())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """The child's entry point: one JSON job file in; progress as JSON lines on stdout; exit 2 on a
     ConversionError (its message as an error event), 0 when the logits are written."""
@@ -274,6 +313,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     job = json.loads(Path(args[0]).read_text(encoding="utf-8"))
     events = JsonLines()
     try:
+        if job.get("kind") == "image":
+            write_image_logits(Path(job["base"]), [(Path(p), float(s)) for p, s in job["adapters"]], job["ids"],
+                               int(job["tail_start"]), Path(job["image"]), int(job["size"]), Path(job["out"]))
+            return 0
         streamed = write_logits(Path(job["base"]), [(Path(p), float(s)) for p, s in job["adapters"]], job["chunks"],
                                 int(job["n_vocab"]), Path(job["out"]), events)
     except ConversionError as exc:

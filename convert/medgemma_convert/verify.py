@@ -151,12 +151,17 @@ def _reference_logits(
     progress is relayed; this side also reports every half second while it waits, so that a
     cancel (raised from a progress report) kills the child at once, even while it imports torch.
     """
-    job = out.with_name("job.json")
-    job.write_text(json.dumps({"base": str(base), "adapters": [[str(p), s] for p, s in adapters], "chunks": chunks,
-                               "n_vocab": n_vocab, "out": str(out)}), encoding="utf-8")
+    run_reference({"base": str(base), "adapters": [[str(p), s] for p, s in adapters], "chunks": chunks,
+                   "n_vocab": n_vocab, "out": str(out)}, out.parent, progress)
+
+
+def run_reference(job_data: dict[str, Any], folder: Path, progress: Progress) -> None:
+    """Run reference.py on one job (its JSON written to `folder`), relaying its progress; failures raise ConversionError."""
+    job = folder / "job.json"
+    job.write_text(json.dumps(job_data), encoding="utf-8")
     stage, last, error = "verify: reference", (0, 0), None
-    with open(out.with_name("stderr.txt"), "w+", encoding="utf-8", errors="replace") as stderr:
-        child = subprocess.Popen([sys.executable, "-I", "-m", "medgemma_convert.reference", str(job)],
+    with open(folder / "stderr.txt", "w+", encoding="utf-8", errors="replace") as stderr:
+        child = subprocess.Popen([sys.executable, "-I", "-c", _RUN_REFERENCE, *_source_roots(), str(job)],
                                  stdout=subprocess.PIPE, stderr=stderr, text=True, env=dict(os.environ, **OFFLINE_ENV))
         lines: queue.Queue[str | None] = queue.Queue()
         threading.Thread(target=_read_lines, args=(child.stdout, lines), daemon=True).start()
@@ -180,6 +185,22 @@ def _reference_logits(
             stderr.seek(0)
             reason = error or (stderr.read().strip().splitlines() or ["no message"])[-1]
             raise ConversionError(f"the reference model (transformers + PEFT) failed: {reason}")
+
+
+# The child runs the very copy of the packages this process runs (`-I` ignores PYTHONPATH, and a source
+# checkout or a second worktree would otherwise be shadowed by the installed copy): their folders
+# come first on its path, then the job file is its only argument.
+_RUN_REFERENCE = (
+    "import runpy, sys; roots, sys.argv[1:] = sys.argv[1:-1], sys.argv[-1:]; sys.path[:0] = roots; "
+    "runpy.run_module('medgemma_convert.reference', run_name='__main__', alter_sys=True)"
+)
+
+
+def _source_roots() -> list[str]:
+    import medgemma_convert
+    import medgemma_models
+
+    return list(dict.fromkeys(str(Path(m.__file__).resolve().parents[1]) for m in (medgemma_convert, medgemma_models)))
 
 
 def _read_lines(stream: TextIO, into: queue.Queue[str | None]) -> None:

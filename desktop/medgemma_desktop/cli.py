@@ -1,4 +1,5 @@
-"""`medgemma-desktop`: the chat app, `--ask` for one answer with no window, `--self-test` for a check, `--about`."""
+"""`medgemma-desktop`: the chat app, `--ask` for one answer with no window, `--serve` for the local
+OpenAI-compatible server, `--self-test` for a check, `--about`."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from pathlib import Path
 
 from medgemma_models.errors import MedGemmaError
 from medgemma_models.offline import go_offline
+
+from .server.config import DEFAULT_HOST, DEFAULT_PORT, DEFAULT_QUEUE
 
 
 def parse_gpu(value: str) -> str | int:
@@ -48,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ask", metavar="QUESTION",
                         help="answer one question the way the window would, print it and exit (no display needed)")
     parser.add_argument("--adapter", metavar="FILE[:SCALE]", type=parse_adapter, action="append", default=[],
-                        help="with --ask: a GGUF LoRA adapter on top of the model (repeatable; scale 1 by default)")
+                        help="with --ask or --serve: a GGUF LoRA adapter on top of the model (repeatable; scale 1 by default)")
     parser.add_argument("--think", type=parse_switch, metavar="on|off",
                         help="with --ask: ask for reasoning first (default: the preset's, on)")
     parser.add_argument("--max-tokens", type=int, metavar="N", help="with --ask: the answer's limit (default: the preset's)")
@@ -56,6 +59,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--about", action="store_true",
                         help="print the version, the llama.cpp build and where the terms and licenses are, and exit")
     parser.add_argument("--json", action="store_true", help="with --ask, --self-test or --about: print one JSON object")
+    server = parser.add_argument_group("local server (--serve)", "an OpenAI-compatible API on this machine, no window")
+    server.add_argument("--serve", action="store_true", help="serve /v1/chat/completions and /v1/models until Ctrl+C")
+    server.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on (default {DEFAULT_HOST}; any other "
+                        "address needs an API key)")
+    server.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"TCP port (default {DEFAULT_PORT})")
+    keys = server.add_mutually_exclusive_group()
+    keys.add_argument("--api-key", metavar="KEY", help="require this key (Authorization: Bearer KEY or x-api-key)")
+    keys.add_argument("--api-key-file", metavar="FILE", type=Path, help="require the key stored in FILE")
+    server.add_argument("--cors-origin", metavar="ORIGIN", action="append", default=[],
+                        help="a web origin allowed to call the API from a browser (repeatable; none by default)")
+    server.add_argument("--queue", type=int, default=DEFAULT_QUEUE, metavar="N",
+                        help=f"requests that may wait for the model; more get 429 (default {DEFAULT_QUEUE})")
+    server.add_argument("--save-history", action="store_true",
+                        help="keep the server's conversations in the chat history (off: nothing is kept)")
     parser.add_argument("--gpu", type=parse_gpu, default="auto", help="auto, cpu or a number of layers to offload")
     return parser
 
@@ -71,14 +88,18 @@ def has_display() -> bool:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.ask is None and (args.adapter or args.think is not None or args.max_tokens or args.temperature is not None):
-        parser.error("--adapter, --think, --max-tokens and --temperature go with --ask")
+    if args.ask is None and (args.think is not None or args.max_tokens or args.temperature is not None):
+        parser.error("--think, --max-tokens and --temperature go with --ask")
+    if args.adapter and args.ask is None and not args.serve:
+        parser.error("--adapter goes with --ask or --serve")
     # The app is offline by design: nothing may reach for a model hub behind our back.
     go_offline()
     if args.about:
         return about(args)
     if args.ask is not None:
         return ask(args)
+    if args.serve:
+        return serve(args)
     if args.self_test:
         return self_test(args)
     if not has_display():
@@ -129,6 +150,34 @@ def self_test(args: argparse.Namespace) -> int:
             if key != "answer":
                 print(f"{key}: {value}")
         print(f"answer: {result['answer'].strip()[:200]!r}")
+    return 0
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Exit 0 after Ctrl+C or SIGTERM, 2 when the address, the key or the model cannot be used."""
+    import logging
+    import signal
+
+    from .generation import AdapterUse
+    from .server.config import ServerConfig, read_key_file
+    from .server.serve import serve_headless
+    from .settings import GPU_LAYERS, LoadSettings
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    gpu = {"gpu": GPU_LAYERS, "gpu_layers": args.gpu} if isinstance(args.gpu, int) else {"gpu": args.gpu}
+    # SIGTERM ends the server as Ctrl+C does (uvicorn handles both once it runs; before, it is an exit).
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        key = read_key_file(args.api_key_file) if args.api_key_file else args.api_key
+        config = ServerConfig(host=args.host, port=args.port, api_key=key, cors_origins=tuple(args.cors_origin),
+                              queue=args.queue, save_history=args.save_history)
+        serve_headless(config, args.model, [AdapterUse(path, scale) for path, scale in args.adapter],
+                       LoadSettings.from_dict(gpu), lambda line: print(line, flush=True))
+    except KeyboardInterrupt:
+        return 0
+    except MedGemmaError as exc:
+        print(f"medgemma-desktop: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

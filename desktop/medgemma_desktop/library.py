@@ -254,10 +254,6 @@ class ModelLibrary:
         info = self._infos.get(path)
         return info if isinstance(info, AdapterMatch) else None
 
-    def selected_path(self) -> Path | None:
-        """The picker's entry for the model in use (None: the embedded one)."""
-        return None if self.current is None or self.current.embedded else self.current.path
-
     def selected_key(self) -> str | None:
         """The key of the picker's entry for the model in use (None: no model loaded)."""
         return self.current.key if self.current is not None else None

@@ -16,6 +16,7 @@ from .gguf_compat import HeaderReader
 
 # The one list of the architectures the converter writes and the app runs (llama.cpp names).
 GEMMA_ARCHITECTURES = ("gemma3", "gemma2")
+CLIP_ARCHITECTURE = "clip"  # llama.cpp's vision towers (mmproj files)
 MAX_NAME_CHARS = 200  # a longer general.name is not a name: the file's stem is shown instead
 
 
@@ -38,6 +39,9 @@ class ModelInfo:
     eot_id: int | None
     chat_template: str | None
     provenance: dict[str, Any] = field(default_factory=dict)
+    embedding_length: int | None = None  # a text model's embedding width
+    # An mmproj's (architecture clip) facts: projector type, image and patch size, projection width...
+    vision: dict[str, Any] = field(default_factory=dict)
 
     @property
     def has_chat_template(self) -> bool:
@@ -144,7 +148,25 @@ def _info_from_reader(path: Path, size: int, reader: gguf.GGUFReader) -> ModelIn
         eot_id=_int(value(gguf.Keys.Tokenizer.EOT_ID)),
         chat_template=value(gguf.Keys.Tokenizer.CHAT_TEMPLATE),
         provenance=provenance,
+        embedding_length=_int(value(gguf.Keys.LLM.EMBEDDING_LENGTH.format(arch=arch))),
+        vision=_vision_facts(value) if arch == CLIP_ARCHITECTURE else {},
     )
+
+
+def _vision_facts(value: Any) -> dict[str, Any]:
+    """What an mmproj says about its images, and the text model width it projects them to."""
+    facts = {
+        "type": value(gguf.Keys.General.TYPE),
+        "projector_type": value(gguf.Keys.Clip.PROJECTOR_TYPE),
+        "image_size": _int(value(gguf.Keys.ClipVision.IMAGE_SIZE)),
+        "patch_size": _int(value(gguf.Keys.ClipVision.PATCH_SIZE)),
+        "projection_dim": _int(value(gguf.Keys.ClipVision.PROJECTION_DIM)),
+        "scale_factor": _int(value(gguf.Keys.ClipVision.Projector.SCALE_FACTOR)),
+    }
+    size, patch, scale = facts["image_size"], facts["patch_size"], facts["scale_factor"] or 4
+    if facts["projector_type"] == "gemma3" and size and patch:
+        facts["tokens_per_image"] = (size // patch // scale) ** 2
+    return facts
 
 
 def _file_type_name(code: Any, types: dict[str, int]) -> str:

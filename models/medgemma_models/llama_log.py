@@ -55,13 +55,19 @@ class LlamaLog:
         new = min(self.errors_seen - seen, len(self._latest))
         return self._latest[-new] if new > 0 else None
 
-    def install(self) -> LlamaLog:
-        """Take over llama.cpp's log for good (the app's engine)."""
+    def c_callback(self) -> object:
+        """The C log callback this capture is called through (kept alive by this object)."""
         import llama_cpp
 
         if self._callback is None:
             self._callback = llama_cpp.llama_log_callback(self._on_log)
-        llama_cpp.llama_log_set(self._callback, ctypes.c_void_p(0))
+        return self._callback
+
+    def install(self) -> LlamaLog:
+        """Take over llama.cpp's log for good (the app's engine)."""
+        import llama_cpp
+
+        llama_cpp.llama_log_set(self.c_callback(), ctypes.c_void_p(0))
         return self
 
     @contextlib.contextmanager

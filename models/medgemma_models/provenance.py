@@ -22,8 +22,10 @@ KEY_CONVERTER = "medgemma.converter"
 # (source, datasets, sha256, tokens, chunks) and its verification figures (VerifyFigures).
 KEY_IMATRIX = "medgemma.imatrix"
 KEY_VERIFICATION = "medgemma.verification"
+# An mmproj's text model: its embedding width (the pair check compares it with the text GGUF's).
+KEY_TEXT_EMBEDDING = "medgemma.text_embedding_length"
 MAX_TEXT_CHARS = 4096
-KEYS = (KEY_BASE, KEY_ADAPTERS, KEY_PRESET, KEY_CONVERTER, KEY_IMATRIX, KEY_VERIFICATION)
+KEYS = (KEY_BASE, KEY_ADAPTERS, KEY_PRESET, KEY_CONVERTER, KEY_IMATRIX, KEY_VERIFICATION, KEY_TEXT_EMBEDDING)
 
 
 def short_name(key: str) -> str:

@@ -13,6 +13,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
+# The `quant` of the output that is a multimodal base's vision tower (its mmproj GGUF).
+MMPROJ_QUANT = "mmproj"
+
+
 @dataclass(frozen=True)
 class OutputRecord:
     """One file written: its real contents, not just the type asked for."""
@@ -92,7 +96,12 @@ class ConversionReport:
         return cls.from_dict(json.loads(text))
 
     def output_paths(self) -> list[str]:
-        return [o.path for o in self.outputs]
+        """The text models written (an mmproj beside them is not a model to load on its own)."""
+        return [o.path for o in self.outputs if o.quant != MMPROJ_QUANT]
+
+    def mmproj_path(self) -> str | None:
+        """The vision tower written beside the text models (a multimodal base), if any."""
+        return next((o.path for o in self.outputs if o.quant == MMPROJ_QUANT), None)
 
 
 def _known(kind: type, data: Any) -> dict[str, Any]:

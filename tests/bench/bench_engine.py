@@ -19,9 +19,11 @@ import numpy as np
 from medgemma_desktop.engine import Engine
 from medgemma_desktop.settings import GenerationSettings, LoadOptions
 from medgemma_models import store
+from medgemma_models.prompt import Prompt, PromptSegment
 
 # A completion prompt on which the base model writes on without ending its turn early.
-PROMPT = "<bos>Chapter 3. Heart failure\n\nHeart failure is a clinical syndrome in which"
+PROMPT = Prompt([PromptSegment("<bos>", marker=True),
+                 PromptSegment("Chapter 3. Heart failure\n\nHeart failure is a clinical syndrome in which")])
 
 
 def bare_loop(llm: llama_cpp.Llama, tokens: list[int], n: int) -> float:

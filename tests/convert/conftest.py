@@ -67,3 +67,44 @@ def token_ids(tiny: TinyModels) -> list[int]:
 
     sp = spm.SentencePieceProcessor(model_file=str(tiny.tokenizer / "tokenizer.model"))
     return [2, *sp.encode(TEST_TEXT)]
+
+
+@dataclass(frozen=True)
+class TinyVision:
+    """A tiny multimodal Gemma 3 as transformers 5 saves it, the same as Google's release names it, and adapters."""
+
+    base: Path  # transformers 5 names: vision_tower.encoder.*, language_model.model.*
+    release_base: Path  # the release's names: vision_tower.vision_model.*
+    all_linear: Path  # PEFT "all-linear": vision and language targets (base_model.model.model.vision_tower.encoder.*)
+    release_all_linear: Path  # the same adapter with older PEFT's names (base_model.model.vision_tower.vision_model.*)
+    vision_only: Path  # targets on the vision tower only
+    tokenizer: Path
+
+
+@pytest.fixture(scope="session")
+def tiny_vision(tmp_path_factory: pytest.TempPathFactory) -> TinyVision:
+    """The multimodal fixture, built once per session (a few seconds)."""
+    from tests.support.tiny_vision import (
+        IMAGE_TOKENS, VISION_ONLY_TARGETS, make_multimodal_adapter, make_multimodal_model, with_release_names,
+    )
+
+    root = tmp_path_factory.mktemp("tiny-vision")
+    tokenizer = root / "tokenizer"
+    train_tokenizer(tokenizer, IMAGE_TOKENS)
+    base = make_multimodal_model(root / "gemma3-mm", tokenizer, seed=30)
+    all_linear = make_multimodal_adapter(base, root / "lora-all-linear", seed=31)
+    vision_only = make_multimodal_adapter(base, root / "lora-vision", targets=VISION_ONLY_TARGETS, r=8, alpha=8, seed=32)
+    return TinyVision(
+        base=base, release_base=with_release_names(base, root / "gemma3-mm-release"), all_linear=all_linear,
+        release_all_linear=with_release_names(all_linear, root / "lora-all-linear-release", adapter=True),
+        vision_only=vision_only, tokenizer=tokenizer,
+    )
+
+
+@pytest.fixture(scope="session")
+def token_ids_mm(tiny_vision: TinyVision) -> list[int]:
+    """The test text as the multimodal model's tokenizer encodes it, after one BOS."""
+    import sentencepiece as spm
+
+    sp = spm.SentencePieceProcessor(model_file=str(tiny_vision.tokenizer / "tokenizer.model"))
+    return [2, *sp.encode(TEST_TEXT)]

@@ -106,7 +106,7 @@ def test_a_new_file_gets_the_preset_of_its_provenance(library: ModelLibrary, tmp
     remembered = library.saved_settings(model_key(file))
     assert remembered == (chat, LoadSettings(n_ctx=2048))
     assert library.history.get_setting(LAST_MODEL_SETTING) == str(file) and library.last_model() == file
-    assert library.selected_path() == file
+    assert library.current is not None and not library.current.embedded and library.current.path == file
 
 
 def test_the_list_shows_an_exports_verification_figures(tmp_path: Path) -> None:
@@ -170,7 +170,7 @@ def test_reload_loads_the_model_in_use_again(library: ModelLibrary, tmp_path: Pa
     file = tiny_gguf(tmp_path / "m.gguf", {})
     library.begin_load(None)
     library.finish_load(loaded(file), ChatSettings.from_dict({}), LoadSettings())
-    assert library.current.embedded and library.current.key == EMBEDDED_KEY and library.selected_path() is None
+    assert library.current.embedded and library.current.key == EMBEDDED_KEY
     assert library.history.get_setting(LAST_MODEL_SETTING) is None
     pending = library.begin_reload()
     assert pending is not None and pending.path is None and pending.key == EMBEDDED_KEY and not pending.fresh

@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -76,3 +77,56 @@ def test_a_whole_window_session_opens_no_network_socket(tmp_path: Path, gemma_27
     assert any("execve(" in line and "medgemma_convert" in line for line in trace)
     network = [line for line in trace if NETWORK.search(line)]
     assert network == []
+
+
+IP_CALL = re.compile(r"\b(connect|bind)\((\d+), \{sa_family=AF_INET6?, (?:sin6?_port=htons\((\d+)\)), .*?"
+                     r"(?:inet_addr\(\"([^\"]+)\"\)|inet_pton\(AF_INET6, \"([^\"]+)\")")
+
+
+def test_a_server_session_listens_only_where_told_and_connects_nowhere(tmp_path: Path, gemma_270m: Path) -> None:
+    """`--serve` driven by the openai client: one bind and one listen, on the address given; no connect
+    to any non-loopback address."""
+    import socket
+
+    import httpx
+    import openai
+
+    strace = strace_or_skip()
+    with socket.socket() as probe:  # a free port to configure (port 0 would hide which one was bound)
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    log = tmp_path / "trace.log"
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
+    env["MEDGEMMA_HOME"] = str(tmp_path / "home")
+    code = "import sys; from medgemma_desktop.cli import main; sys.exit(main(sys.argv[1:]))"
+    child = subprocess.Popen([strace, "-f", "-qq", "-e", "trace=socket,connect,bind,listen", "-o", str(log),
+                              sys.executable, "-c", code, "--serve", "--model", str(gemma_270m), "--port", str(port)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert child.stdout is not None
+        line = child.stdout.readline()  # the child prints its address once it listens (or dies: EOF)
+        assert f"127.0.0.1:{port}" in line, line + (child.stderr.read() if child.stderr else "")
+        api = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0, timeout=120,
+                            http_client=httpx.Client(trust_env=False))
+        model = api.models.list().data[0].id
+        question = [{"role": "user", "content": "Name one symptom of anaemia."}]
+        assert api.chat.completions.create(model=model, messages=question, max_tokens=8).choices  # type: ignore[arg-type]
+        assert list(api.chat.completions.create(model=model, messages=question, max_tokens=8, stream=True))  # type: ignore[arg-type]
+        # The signal goes to the traced server, not to strace (which would detach and leave it running).
+        server = int(Path(f"/proc/{child.pid}/task/{child.pid}/children").read_text().split()[0])
+        os.kill(server, signal.SIGTERM)
+        child.communicate(timeout=60)
+    finally:
+        if child.poll() is None:
+            for pid in Path(f"/proc/{child.pid}/task/{child.pid}/children").read_text().split():
+                os.kill(int(pid), signal.SIGKILL)  # the server first: killing strace alone leaves it running
+            child.kill()
+    assert child.returncode == 0
+    trace = log.read_text().splitlines()
+    calls = [(m.group(1), m.group(2), int(m.group(3)), m.group(4) or m.group(5)) for m in map(IP_CALL.search, trace) if m]
+    binds = [c for c in calls if c[0] == "bind"]
+    assert [(port_, host) for _, _, port_, host in binds] == [(port, "127.0.0.1")]
+    assert [c for c in calls if c[0] == "connect" and c[3] not in ("127.0.0.1", "::1")] == []
+    # uvicorn calls listen() again on the socket it is given: the same one, still the only one.
+    listening = {m.group(1) for m in map(re.compile(r"\blisten\((\d+),").search, trace) if m}
+    assert listening == {binds[0][1]}

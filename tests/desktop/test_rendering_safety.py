@@ -214,25 +214,21 @@ def test_names_and_metadata_are_shown_as_text(qtbot: Any, bait) -> None:
     assert watch.opened() == set()
 
 
-def test_plain_text_helpers(qtbot: Any, bait) -> None:
-    from PySide6.QtWidgets import QMessageBox
-
-    from medgemma_desktop.ui.plain_text import plain_label, plain_message_box, plain_tooltip
+def test_problem_dialogs_and_tooltips_show_text_as_written(qtbot: Any, bait) -> None:
+    from medgemma_desktop.ui.dialogs import problem_box
+    from medgemma_desktop.ui.plain_text import plain_tooltip
 
     folder, watch = bait
     hostile = f"<b>x</b><img src={folder / 'scan.png'}>"
     parent = QWidget()
     qtbot.addWidget(parent)
-    label = plain_label(hostile, parent)
-    box = plain_message_box(QMessageBox.Icon.Warning, "Problem", hostile, parent=parent)
-    assert label.textFormat() == box.textFormat() == Qt.TextFormat.PlainText
-    assert label.text() == box.text() == hostile
+    box = problem_box(parent, "Problem", hostile)
+    assert box.textFormat() == Qt.TextFormat.PlainText and box.text() == hostile
     # A tooltip is rich text when it looks like HTML; escaped, it shows the characters themselves.
     tip = QTextDocument()
     tip.setHtml(plain_tooltip(hostile + "\nsecond line"))
     assert tip.toPlainText() == hostile + "\nsecond line"
     parent.show()
-    label.grab()
     box.grab()
     assert watch.opened() == set()
 

@@ -43,6 +43,37 @@ def test_send_streams_answer_and_saves_it(qtbot, make_window, history: History) 
     assert window.composer.text() == ""
 
 
+def test_a_second_front_end_on_a_plain_thread_takes_its_turn_while_the_window_streams(
+        qtbot, make_window, history: History) -> None:
+    """What the server does, in a few lines: jobs submitted to the window's runtime from another thread."""
+    import threading
+
+    from medgemma_desktop.events import Finished
+    from medgemma_desktop.generation import GenerationRequest
+    from medgemma_desktop.server.openai_api import ApiMessage
+    from medgemma_desktop.settings import ChatSettings
+
+    window = make_window(settings=FAST_SETTINGS)
+    settings = ChatSettings.from_dict(FAST_SETTINGS)
+    request = GenerationRequest(settings.preset_spec, [ApiMessage("user", "Name one vitamin.")],
+                                settings.generation(), None, False, False)
+    heard: list = []
+
+    def other_front_end() -> None:
+        window.runtime.generate(request, heard.append).wait(120)
+
+    window.composer.set_text("What is a fever?")
+    with qtbot.waitSignal(window.answer_finished, timeout=ANSWER_TIMEOUT_MS):
+        assert window.send()
+        other = threading.Thread(target=other_front_end)
+        other.start()
+    other.join(120)
+    assert isinstance(heard[-1], Finished) and any(isinstance(e, AnswerPiece) and e.text for e in heard)
+    assert window.chat_view.cards()[-1].answer().strip()
+    [chat] = history.chats()
+    assert [m.role for m in history.messages(chat.id)] == ["user", "model"]  # the other's answer is its own
+
+
 def test_offload_is_stated_in_the_status_bar(qtbot, make_window) -> None:
     window = make_window(settings={**FAST_SETTINGS, "gpu": "cpu"})
     assert window.library.current.offload.startswith("CPU")

@@ -49,8 +49,11 @@ def corpus(n_lines: int = 3000, seed: int = 0) -> list[str]:
     return lines
 
 
-def train_tokenizer(folder: Path) -> None:
-    """tokenizer.model (BPE, byte fallback, no dummy prefix, identity normalizer) + tokenizer_config.json."""
+def train_tokenizer(folder: Path, extra_tokens: Sequence[str] = ()) -> None:
+    """tokenizer.model (BPE, byte fallback, no dummy prefix, identity normalizer) + tokenizer_config.json.
+
+    `extra_tokens` are added after the turn tokens as special tokens (the image tokens of a multimodal model).
+    """
     import sentencepiece as spm
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -60,11 +63,11 @@ def train_tokenizer(folder: Path) -> None:
         byte_fallback=True, character_coverage=1.0, add_dummy_prefix=False, normalization_rule_name="identity",
         remove_extra_whitespaces=False, split_digits=True, allow_whitespace_only_pieces=True,
         pad_id=0, eos_id=1, bos_id=2, unk_id=3, pad_piece="<pad>", eos_piece="<eos>", bos_piece="<bos>",
-        unk_piece="<unk>", user_defined_symbols=TURN_TOKENS, num_threads=1, minloglevel=2,
+        unk_piece="<unk>", user_defined_symbols=[*TURN_TOKENS, *extra_tokens], num_threads=1, minloglevel=2,
     )
     (folder / "tokenizer.model").write_bytes(model.getvalue())
     decoder = {str(i): {"content": t, "lstrip": False, "normalized": False, "rstrip": False, "single_word": False,
-                        "special": True} for i, t in enumerate(SPECIAL + TURN_TOKENS)}
+                        "special": True} for i, t in enumerate([*SPECIAL, *TURN_TOKENS, *extra_tokens])}
     write_json(folder / "tokenizer_config.json", {
         "add_bos_token": True, "add_eos_token": False, "bos_token": "<bos>", "eos_token": "<eos>",
         "pad_token": "<pad>", "unk_token": "<unk>", "added_tokens_decoder": decoder, "chat_template": CHAT_TEMPLATE,
@@ -134,14 +137,22 @@ def make_adapter(base: Path, out: Path, targets: Sequence[str] = ("q_proj", "v_p
     """A PEFT LoRA adapter with random non-zero A and B, its delta about `size` of each weight's RMS."""
     import torch
     from peft import LoraConfig, get_peft_model
-    from peft.tuners.lora import LoraLayer
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     lora = LoraConfig(r=r, lora_alpha=alpha, target_modules=list(targets), lora_dropout=0.0, use_rslora=rslora, **config)
     peft_model = get_peft_model(model, lora)
+    randomize_lora(peft_model, alpha / (r ** 0.5 if rslora else r), r, seed, size)
+    peft_model.save_pretrained(out, safe_serialization=True)
+    return out
+
+
+def randomize_lora(peft_model: Any, scaling: float, r: int, seed: int, size: float) -> None:
+    """Random non-zero A and B in every LoRA layer, each delta about `size` of its weight's RMS."""
+    import torch
+    from peft.tuners.lora import LoraLayer
+
     generator = torch.Generator().manual_seed(seed)
-    scaling = alpha / (r ** 0.5 if rslora else r)
     with torch.no_grad():
         for module in peft_model.modules():
             if isinstance(module, LoraLayer) and "default" in module.lora_A:
@@ -150,8 +161,6 @@ def make_adapter(base: Path, out: Path, targets: Sequence[str] = ("q_proj", "v_p
                 rms = float(weight.pow(2).mean().sqrt())
                 a.copy_(torch.randn(a.shape, generator=generator))
                 b.copy_(torch.randn(b.shape, generator=generator) * size * rms / (scaling * r ** 0.5))
-    peft_model.save_pretrained(out, safe_serialization=True)
-    return out
 
 
 def reference_logits(base: Path, adapters: Sequence[tuple[Path, float]], ids: Sequence[int]) -> np.ndarray:
@@ -186,3 +195,29 @@ def kld(reference: np.ndarray, other: np.ndarray) -> np.ndarray:
 
 def write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def make_bnb_4bit(base: Path, out: Path, quant_type: str = "nf4", double_quant: bool = True) -> Path:
+    """`base` loaded with bitsandbytes 4-bit quantization on the CPU and saved as transformers saves it
+    (packed weights with .absmax, .quant_map, [.nested_*] and a .quant_state blob), tokenizer beside it."""
+    import torch
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quant_type, bnb_4bit_use_double_quant=double_quant,
+                                bnb_4bit_compute_dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(base, quantization_config=config, device_map="cpu", dtype=torch.float32)
+    model.save_pretrained(out, safe_serialization=True)
+    for path in base.iterdir():
+        if path.name.startswith("tokenizer") or path.name == "special_tokens_map.json":
+            (out / path.name).write_bytes(path.read_bytes())
+    return out
+
+
+def dequantized_logits(base: Path, adapters: Sequence[tuple[Path, float]], ids: Sequence[int]) -> np.ndarray:
+    """transformers' float32 logits on a bitsandbytes checkpoint dequantized by bitsandbytes, adapters merged by PEFT."""
+    import torch
+
+    from medgemma_convert.reference import reference_model
+
+    with torch.no_grad():
+        return reference_model(base, adapters)(torch.tensor([list(ids)])).logits[0].double().numpy()

@@ -29,6 +29,7 @@ from .gui_gc import GuiThreadCollector
 from .model_bar import ModelBar
 from .model_presenter import ModelPresenter
 from .runtime_bridge import RuntimeBridge, SessionRelay
+from .server_panel import ServerPanel
 from .settings_panel import SettingsPanel
 from .sidebar import Sidebar
 from .status_bar import StatusBar
@@ -63,10 +64,13 @@ class MainWindow(QMainWindow):
         for signal, slot in ((self.models.state_changed, self._update_enabled), (self.models.model_loaded, self.model_loaded),
                              (QShortcut(QKeySequence.StandardKey.Open, self).activated, self.models.ask_open_model)):
             signal.connect(slot)
+        self.server = ServerPanel(self, self.runtime, self.library, history, self.settings_panel)
+        self.model_loaded.connect(self.server.model_changed)
         self.help = HelpMenu(self)
         self.chats.refresh_chats()
         self.models.refresh_models()
         self.composer.setEnabled(self.notice_acknowledged())
+        self.server.restore()
 
     def _build(self) -> None:
         self.sidebar, self.model_bar, self.chat_view = Sidebar(self), ModelBar(self), ChatView(self)
@@ -206,6 +210,7 @@ class MainWindow(QMainWindow):
         if not self.runtime.thread.is_alive():
             return
         self.models.stop_conversion()
+        self.server.shutdown()
         self.runtime.cancel_all()
         self.session.flush()
         self.runtime.close()  # the cancels above make this a wait of at most one token
