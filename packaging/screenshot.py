@@ -31,6 +31,7 @@ from medgemma_desktop.ui.main_window import NOTICE_SETTING, MainWindow  # noqa: 
 ROOT = Path(__file__).resolve().parent.parent
 
 OUT = ROOT / "docs" / "screenshot.png"
+SMALL = ROOT / "docs" / "screenshot-1280x800.png"  # a laptop's screen: nothing important may be cut off
 DIALOGS = ROOT / "docs" / "dialogs"  # looked at by hand: every dialog must follow the app's theme
 
 QUESTION = "What are the first-line treatments for type 2 diabetes?"
@@ -101,6 +102,12 @@ def main() -> int:
         print(f"could not write {OUT}", file=sys.stderr)
         return 1
     print(f"wrote {OUT}: a real answer from the demo combination, nothing scripted")
+    window.resize(1280, 800)
+    pump(300)
+    if not window.grab().save(str(SMALL)):
+        print(f"could not write {SMALL}", file=sys.stderr)
+        return 1
+    print(f"wrote {SMALL}: the same window at 1280x800")
     if not shoot_dialogs(window):
         return 1
     window.shutdown()

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from medgemma_models import emergency
 from medgemma_models.errors import MedGemmaError
 
 from .answer import AnswerStats
@@ -52,6 +53,7 @@ class AskResult:
     preset: str
     think: bool  # whether the prompt asked for reasoning (only presets that reason can)
     prompt: str  # the text the engine was given
+    emergency_notice: dict[str, Any] | None = None  # the red-flag notice (medgemma_models.emergency), None when none
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -154,6 +156,7 @@ class Asker:
         """
         if not question.strip():
             raise MedGemmaError("the question is empty")
+        notice = emergency.check(question)  # from the list, never from the model
         values = {**self.chat_settings.to_dict(), **overrides}
         if think is not None:
             values["think"] = think
@@ -182,6 +185,7 @@ class Asker:
             preset=settings.preset,
             think=settings.think_enabled,
             prompt=self.recorder.plan.plan.prompt.text,  # for reading: the markers spelled out
+            emergency_notice=notice.to_dict() if notice else None,
         )
 
     def close(self) -> None:

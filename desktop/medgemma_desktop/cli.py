@@ -216,9 +216,15 @@ def ask(args: argparse.Namespace) -> int:
         return 1
     if args.json:
         fields = ("reasoning", "answer", "finish_reason", "prompt_tokens", "generated_tokens", "ttft_ms",
-                  "decode_tok_per_s", "model", "preset", "think")
+                  "decode_tok_per_s", "model", "preset", "think", "emergency_notice")
         print(json.dumps({k: v for k, v in result.to_dict().items() if k in fields}, ensure_ascii=False))
         return 0
+    if result.emergency_notice:
+        notice = result.emergency_notice
+        print(f"!! {notice['text']} (red flag: {notice['red_flag']}, \"{notice['matched_phrase']}\")")
+        if notice["crisis_line"]:
+            print(f"!! Crisis line: {notice['crisis_line']}")
+        print()
     if result.reasoning:
         print("Reasoning:")
         print(result.reasoning)

@@ -65,6 +65,10 @@ def chat_to_markdown(summary: ChatSummary, messages: Sequence[Message], model: M
     ]
     for message in messages:
         out += ["", f"### {ROLE_TITLES.get(message.role, message.role)} · {iso_utc(message.created_at)}", ""]
+        notice = message.meta.get("emergency_notice") if isinstance(message.meta, dict) else None
+        if notice:  # the red-flag notice, set apart as a quote above the model's text
+            crisis = f" Crisis line: {notice['crisis_line']}" if notice.get("crisis_line") else ""
+            out += [f"> **{notice['text']}** (red flag: {notice['red_flag']}, \"{notice['matched_phrase']}\"){crisis}", ""]
         if message.reasoning:
             out += [f"**{REASONING_LABEL}:**", "", _quote(message.reasoning), "", "**Answer:**", ""]
         out.append(message.text.strip("\n") if message.text.strip() else "*(no answer text)*")

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from medgemma_models import emergency
 from medgemma_models.errors import MedGemmaError
 from medgemma_models.gguf_info import ModelInfo
 
@@ -77,6 +78,9 @@ class SessionListener:
     def answer_started(self, message_id: int, author: str) -> None:
         """An empty answer begins streaming below the last message."""
 
+    def emergency_noticed(self, message_id: int, notice: dict[str, Any]) -> None:
+        """The question matched a red flag: show the notice above this answer, before any token."""
+
     def messages_removed(self, from_id: int) -> None:
         """This message and every later one are gone (regenerate, edit and resend)."""
 
@@ -115,6 +119,7 @@ class Answer:
     reasoning_tokens: int = 0
     prompt_tokens: int = 0
     dropped_turns: int = 0
+    emergency_notice: dict[str, Any] | None = None  # from the red-flag list, never from the model
 
 
 class ChatSession:
@@ -257,8 +262,13 @@ class ChatSession:
         self.history.set_chat_model(self.chat_id, self._model_record())
         message_id = self.history.add_message(self.chat_id, "model", "", complete=False)
         writer = StreamingMessageWriter(self.history, message_id, interval=self.save_interval, clock=self.clock)
-        self.answer = Answer(chat_id=self.chat_id, message_id=message_id, writer=writer)
+        question = next((m.text for m in reversed(messages) if m.role == "user"), "")
+        notice = emergency.check(question)
+        self.answer = Answer(chat_id=self.chat_id, message_id=message_id, writer=writer,
+                             emergency_notice=notice.to_dict() if notice else None)
         self.listener.answer_started(message_id, str(self._model_record().name))
+        if notice is not None:
+            self.listener.emergency_noticed(message_id, notice.to_dict())
         self.listener.busy_changed(True)
         settings = self.settings
         # A direct backend answers before this returns: nothing may follow this call.
@@ -358,6 +368,8 @@ class ChatSession:
         }
         if stats is not None:
             meta["stats"] = dataclasses.asdict(stats)
+        if answer.emergency_notice is not None:
+            meta["emergency_notice"] = answer.emergency_notice
         return meta
 
     def _model_record(self) -> ModelRecord:

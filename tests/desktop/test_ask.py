@@ -139,3 +139,23 @@ def test_the_default_is_the_demo_reasoning_model(think: str) -> None:
         assert answer["reasoning"] and answer["answer"]
     else:
         assert answer["reasoning"] == "" and answer["answer"]
+
+
+EMERGENCY = "A 58-year-old with crushing chest pain radiating to the left arm, sweating. What should be done first?"
+
+
+def test_cli_json_carries_the_emergency_notice(gemma_270m: Path) -> None:
+    result = run_ask(EMERGENCY, "--model", str(gemma_270m), "--temperature", "0", "--max-tokens", "8", "--json")
+    assert result.returncode == 0, result.stderr
+    notice = json.loads(result.stdout)["emergency_notice"]
+    assert notice["text"] == "This may be an emergency: call your local emergency number now."
+    assert notice["matched_phrase"] == "chest pain"
+    benign = run_ask(QUESTION, "--model", str(gemma_270m), "--temperature", "0", "--max-tokens", "8", "--json")
+    assert benign.returncode == 0, benign.stderr
+    assert json.loads(benign.stdout)["emergency_notice"] is None
+
+
+def test_cli_plain_prints_the_notice_before_the_answer(gemma_270m: Path) -> None:
+    result = run_ask(EMERGENCY, "--model", str(gemma_270m), "--temperature", "0", "--max-tokens", "8")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("!! This may be an emergency: call your local emergency number now.")

@@ -183,6 +183,23 @@ def test_errors_arrive_as_the_clients_exception_types(real: Served, keyed: Serve
         ask(keyed.url, "Hi", model=model_id(keyed), max_tokens=4)
 
 
+def test_the_emergency_notice_is_an_extra_field_whole_and_in_the_first_stream_chunk(real: Served) -> None:
+    question = "A 58-year-old with crushing chest pain radiating to the left arm, sweating. What should be done first?"
+    whole = ask(real.url, question, model=model_id(real), temperature=0, max_tokens=8).model_dump()
+    notice = whole["emergency_notice"]
+    assert notice["text"] == "This may be an emergency: call your local emergency number now."
+    assert notice["matched_phrase"] and notice["red_flag"]
+    _, _, chunks = streamed(real.url, question, model=model_id(real), temperature=0, max_tokens=8)
+    assert chunks[0].model_dump()["emergency_notice"] == notice
+    # Only the last user message is checked: an earlier emergency does not flag a benign follow-up.
+    follow = client(real.url).chat.completions.create(model=model_id(real), temperature=0, max_tokens=4, messages=[
+        {"role": "user", "content": question}, {"role": "assistant", "content": "Call for help."},
+        {"role": "user", "content": QUESTIONS[4]}])
+    assert follow.model_dump()["emergency_notice"] is None
+    _, _, benign = streamed(real.url, QUESTIONS[4], model=model_id(real), temperature=0, max_tokens=4)
+    assert benign[0].model_dump()["emergency_notice"] is None
+
+
 # -- the raw protocol ---------------------------------------------------------------------------
 
 def test_the_stream_is_sse_framed_and_ends_with_done(real: Served) -> None:

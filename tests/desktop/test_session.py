@@ -17,9 +17,10 @@ import pytest
 from medgemma_desktop.answer import AnswerStats
 from medgemma_desktop.engine import Engine
 from medgemma_desktop.events import ModelReady
+from medgemma_desktop.export import chat_to_json, chat_to_markdown
 from medgemma_desktop.generation import ModelRequest
 from medgemma_desktop.runtime import Runtime, RuntimeBackend
-from medgemma_desktop.history import History, Message
+from medgemma_desktop.history import History, Message, ModelRecord
 from medgemma_desktop.session import ChatSession, SessionListener, chat_title, meta_text
 from medgemma_desktop.settings import ChatSettings, LoadOptions, LoadSettings
 from medgemma_models.gguf_info import read_model_info
@@ -48,6 +49,9 @@ class Recorder(SessionListener):
 
     def messages_removed(self, from_id: int) -> None:
         self.events.append(("removed", from_id))
+
+    def emergency_noticed(self, message_id: int, notice: dict[str, Any]) -> None:
+        self.events.append(("emergency", (notice["matched_phrase"], self.grown)))  # what had streamed by then
 
     def answer_grew(self, answer: str, reasoning: str, reasoning_tokens: int) -> None:
         self.grown += answer
@@ -248,3 +252,26 @@ def test_the_chat_core_imports_no_qt_and_no_llama() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "IMPORTED []" in result.stdout
+
+
+EMERGENCY = "A 58-year-old with crushing chest pain radiating to the left arm, sweating. What should be done first?"
+
+
+def test_the_emergency_notice_comes_first_is_saved_kept_on_regenerate_and_exported(
+        db: History, gemma_270m: Path, runtimes: list[Runtime]) -> None:
+    session, seen = make_session(db, gemma_270m, runtimes, engine=Engine(),
+                                 settings={"preset": "gemma-chat", "temperature": 0.0, "max_tokens": 12})
+    session.send(EMERGENCY)
+    assert ("emergency", ("chest pain", "")) in seen.events  # told before the first token
+    answer = db.messages(session.chat_id)[-1]
+    assert answer.meta["emergency_notice"]["text"] == "This may be an emergency: call your local emergency number now."
+    assert session.regenerate(answer.id)
+    assert [kind for kind, _ in seen.events].count("emergency") == 2
+    again = db.messages(session.chat_id)[-1]
+    assert again.meta["emergency_notice"]["matched_phrase"] == "chest pain"
+    [summary] = db.chats()
+    messages = db.messages(session.chat_id)
+    model, settings = again.meta["model"], again.meta["settings"]
+    record = ModelRecord.from_dict(model)
+    assert "This may be an emergency" in chat_to_markdown(summary, messages, record, settings)
+    assert "emergency_notice" in chat_to_json(summary, messages, record, settings)

@@ -238,3 +238,25 @@ def test_export_as_markdown_and_json(qtbot, make_window, tmp_path: Path, history
     digest = sha256_file(window.library.current.path)
     assert digest in markdown
     assert digest in texts
+
+
+def test_the_emergency_notice_shows_before_the_first_token_and_stays_on_regenerate(qtbot, make_window) -> None:
+    window = make_window(settings=FAST_SETTINGS)
+    seen_at_first_token: list[bool] = []
+
+    def on_event(event) -> None:
+        if isinstance(event, AnswerPiece) and not seen_at_first_token:
+            card = window.chat_view.cards()[-1]
+            seen_at_first_token.append(card.emergency.isVisibleTo(card))
+
+    window.bridge.generation_event.connect(on_event)
+    send(qtbot, window, "Crushing chest pain spreading to my left arm and I am sweating")
+    assert seen_at_first_token == [True]
+    card = window.chat_view.cards()[-1]
+    assert "This may be an emergency: call your local emergency number now." in card.emergency.text()
+    assert '"chest pain"' in card.emergency.text() and card.emergency.text().count("\n") == 0
+    with qtbot.waitSignal(window.answer_finished, timeout=ANSWER_TIMEOUT_MS):
+        qtbot.mouseClick(card.regenerate_button, Qt.MouseButton.LeftButton)
+    again = window.chat_view.cards()[-1]
+    assert again is not card and again.emergency.isVisibleTo(again)
+    assert not window.chat_view.cards()[0].emergency.isVisibleTo(window.chat_view.cards()[0])

@@ -19,6 +19,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from medgemma_models import emergency
+
 from ..events import AnswerPiece, Failed, Finished, ReasoningPiece, RuntimeEvent
 from .guard import Guard
 from .openai_api import ApiError, ChatRequest, Completion, read_chat_request
@@ -52,9 +54,10 @@ def build_app(service: ChatService) -> Guard:
         chat = read_chat_request(await request.body())
         served, events = await service.answer(chat)
         completion = Completion(f"chatcmpl-{uuid.uuid4().hex}", served.id)
+        extra = {"emergency_notice": _emergency_notice(chat)}
         if chat.stream:
-            return EventSourceResponse(_stream(completion, chat, events), sep="\n", ping=15)
-        return await _whole(request, completion, events)
+            return EventSourceResponse(_stream(completion, chat, events, extra), sep="\n", ping=15)
+        return await _whole(request, completion, events, extra)
 
     async def api_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ApiError)
@@ -75,16 +78,23 @@ def build_app(service: ChatService) -> Guard:
     return Guard(app, service.config)
 
 
+def _emergency_notice(chat: ChatRequest) -> dict[str, str | None] | None:
+    """The red-flag notice for the last user message (the question being answered), or None."""
+    notice = emergency.check(chat.messages[-1].text)
+    return notice.to_dict() if notice is not None else None
+
+
 def _model(name: str, entry: Any) -> dict[str, Any]:
     return {"id": name, "object": "model", "created": 0, "owned_by": "local", "title": entry.title}
 
 
-async def _stream(completion: Completion, chat: ChatRequest, events: AsyncIterator[RuntimeEvent]
-                  ) -> AsyncIterator[dict[str, str]]:
-    """The answer as SSE chunks: reasoning in `delta.reasoning_content`, the answer in `delta.content`,
-    then the finish reason, the usage if asked, and `[DONE]`."""
+async def _stream(completion: Completion, chat: ChatRequest, events: AsyncIterator[RuntimeEvent],
+                  extra: dict[str, Any]) -> AsyncIterator[dict[str, str]]:
+    """The answer as SSE chunks: `extra` (the emergency notice) in the first, reasoning in
+    `delta.reasoning_content`, the answer in `delta.content`, then the finish reason, the usage if asked,
+    and `[DONE]`."""
     try:
-        yield {"data": json.dumps(completion.chunk({"role": "assistant", "content": ""}))}
+        yield {"data": json.dumps(completion.chunk({"role": "assistant", "content": ""}, extra=extra))}
         async for event in events:
             if isinstance(event, ReasoningPiece) and event.text:
                 yield {"data": json.dumps(completion.chunk({"reasoning_content": event.text}))}
@@ -106,7 +116,8 @@ def _finish(event: Finished) -> str:
     return "length" if event.stats.finish_reason == "length" else "stop"
 
 
-async def _whole(request: Request, completion: Completion, events: AsyncIterator[RuntimeEvent]) -> Response:
+async def _whole(request: Request, completion: Completion, events: AsyncIterator[RuntimeEvent],
+                 extra: dict[str, Any]) -> Response:
     """The answer in one body; a client that hangs up first stops the generation."""
     answer: list[str] = []
     reasoning: list[str] = []
@@ -140,4 +151,4 @@ async def _whole(request: Request, completion: Completion, events: AsyncIterator
     if isinstance(last, Failed):
         raise ApiError(500, f"the answer failed: {last.message}", "generation_failed")
     assert isinstance(last, Finished)
-    return JSONResponse(completion.message("".join(answer).strip(), "".join(reasoning).strip(), last.stats, {}))
+    return JSONResponse(completion.message("".join(answer).strip(), "".join(reasoning).strip(), last.stats, extra))

@@ -147,9 +147,13 @@ class ChatPresenter(QObject, SessionListener):
         card = self.chat_view.add_message(message.id, message.role, author)
         card.set_content(message.text, message.reasoning, message.meta.get("reasoning_tokens"))
         card.set_meta(meta_text(message.meta, message.complete, message.role))
+        card.set_emergency_notice(message.meta.get("emergency_notice"))
 
     def answer_started(self, message_id: int, author: str) -> None:
         self.chat_view.start_answer(message_id, author, self.session.settings.show_reasoning_enabled)
+
+    def emergency_noticed(self, message_id: int, notice: dict) -> None:
+        self.chat_view.show_emergency_notice(message_id, notice)
 
     def messages_removed(self, from_id: int) -> None:
         self.chat_view.remove_from(from_id)

@@ -78,6 +78,10 @@ class ChatView(QScrollArea):
         self._answer.set_meta("Generating…")
         self.set_show_reasoning(show_reasoning)
 
+    def show_emergency_notice(self, message_id: int, notice: dict) -> None:
+        if self._answer is not None and self._answer.message_id == message_id:
+            self._answer.set_emergency_notice(notice)
+
     def append_to_answer(self, answer: str, reasoning: str, reasoning_tokens: int, show_reasoning: bool) -> None:
         if self._answer is not None:
             self._answer.append(answer=answer, reasoning=reasoning, reasoning_tokens=reasoning_tokens)

@@ -171,6 +171,14 @@ class MessageView(QFrame):
         self.author = QLabel(author, self)
         self.author.setTextFormat(Qt.TextFormat.PlainText)
         self.author.setObjectName("author")
+        # The red-flag notice: one line from the list, never from the model, set apart above the answer.
+        self.emergency = QLabel("", self)
+        self.emergency.setTextFormat(Qt.TextFormat.PlainText)
+        self.emergency.setObjectName("emergencyNotice")
+        self.emergency.setWordWrap(True)
+        self.emergency.setStyleSheet("QLabel#emergencyNotice { font-weight: bold; border-left: 4px solid #d32f2f;"
+                                     " padding: 4px 8px; }")
+        self.emergency.setVisible(False)
         self.body = MarkdownView(self)
         self.body.setObjectName("messageBody")
         self.body.setAccessibleName(f"{author} message")
@@ -201,9 +209,22 @@ class MessageView(QFrame):
         layout.setContentsMargins(14, 10, 14, 8)
         layout.setSpacing(4)
         layout.addWidget(self.author)
+        layout.addWidget(self.emergency)
         layout.addWidget(self.body)
         layout.addWidget(self.reasoning)
         layout.addLayout(actions)
+
+    def set_emergency_notice(self, notice: dict | None) -> None:
+        """Show the red-flag notice (from `medgemma_models.emergency`) above the answer, or hide it."""
+        if not notice:
+            self.emergency.setVisible(False)
+            return
+        line = f"\u26a0 {notice['text']} (red flag: {notice['red_flag']}, \"{notice['matched_phrase']}\")"
+        if notice.get("crisis_line"):
+            line += f" Crisis line: {notice['crisis_line']}"
+        self.emergency.setText(line)
+        self.emergency.setAccessibleName(line)
+        self.emergency.setVisible(True)
 
     def _action(self, text: str, accessible: str) -> QToolButton:
         button = QToolButton(self)
