@@ -58,6 +58,10 @@ class Collections:
                 names.add(collection.name)
         return sorted(names, key=str.casefold)
 
+    def exists(self, name: str) -> bool:
+        """Whether `name` has an index (without opening, or creating, one)."""
+        return name in self._open or (self.folder / file_name(name.strip())).exists()
+
     def delete(self, name: str) -> None:
         collection = self.get(name)
         collection.clear()
@@ -68,7 +72,7 @@ class Collections:
 
     def search(self, names: list[str], question: str, limit: int = 8) -> list[Hit]:
         """The best passages over the named collections, best first (bm25 scores of each index, merged)."""
-        hits = [hit for name in names if name in self.names() for hit in self.get(name).search(question, limit)]
+        hits = [hit for name in names if self.exists(name) for hit in self.get(name).search(question, limit)]
         return sorted(hits, key=lambda hit: -hit.score)[:limit]
 
     def close(self) -> None:

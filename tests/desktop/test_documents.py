@@ -1,0 +1,308 @@
+"""Local documents: reading, chunking, the FTS5 index, incremental re-index, bad inputs, deletion, privacy, a kill.
+
+Real files made here (PDFs written by Qt's QPdfWriter, read back by pypdf), real SQLite files in
+the test's own data folder, a real child process killed with SIGKILL.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from medgemma_desktop.documents.chunking import chunk_pages, estimate_tokens
+from medgemma_desktop.documents.collection import Collection, IndexProgress, match_query
+from medgemma_desktop.documents.collections import Collections
+from medgemma_desktop.documents.passages import (
+    NOTHING_FOUND,
+    Citation,
+    choose_passages,
+    citations,
+    citations_text,
+    passages_block,
+    search_text,
+)
+from medgemma_desktop.documents.readers import NO_TEXT, Unreadable, read_pages
+from tests.support.document_files import (
+    GUIDE_PAGES,
+    write_encrypted_pdf,
+    write_malformed_pdf,
+    write_pdf,
+    write_scanned_pdf,
+)
+
+NOTES = "# Gout\n\nAllopurinol lowers serum urate; start it after the flare has settled.\n"
+FORMULARY = ("Paracetamol: 1 g every 4 to 6 hours, at most 4 g a day.\f"
+             "Amoxicillin: 500 mg three times a day for community-acquired pneumonia.")
+
+
+@pytest.fixture
+def docs(tmp_path: Path, qapp: Any) -> Path:
+    folder = tmp_path / "docs"
+    (folder / "sub").mkdir(parents=True)
+    write_pdf(folder / "guide.pdf", GUIDE_PAGES)
+    (folder / "notes.md").write_text(NOTES, encoding="utf-8")
+    (folder / "sub" / "formulary.txt").write_text(FORMULARY, encoding="utf-8")
+    (folder / "picture.png").write_bytes(b"\x89PNG not a document")  # not a document type: not looked at
+    return folder
+
+
+@pytest.fixture
+def collections(tmp_path: Path) -> Any:
+    found = Collections(tmp_path / "indexes")
+    yield found
+    found.close()
+
+
+def where(hits: list) -> list[tuple[str, int]]:
+    return [(Path(hit.source).name, hit.page) for hit in hits]
+
+
+def test_qt_pdfs_read_back_page_by_page(docs: Path) -> None:
+    pages = read_pages(docs / "guide.pdf")
+    assert len(pages) == len(GUIDE_PAGES) and "Metformin" in pages[2] and "Metformin" not in pages[1]
+    assert read_pages(docs / "sub" / "formulary.txt")[1].startswith("Amoxicillin")  # a form feed starts a page
+    assert read_pages(docs / "notes.md") == [NOTES]
+
+
+def test_chunks_are_token_sized_never_cross_a_page_and_know_their_span() -> None:
+    pages = [" ".join(f"word{i}" for i in range(400)), "short second page"]
+    chunks = list(chunk_pages(pages, chunk_tokens=50))
+    assert {chunk.page for chunk in chunks} == {1, 2} and chunks[-1].text == "short second page"
+    for chunk in chunks:
+        assert chunk.tokens <= 50 and pages[chunk.page - 1][chunk.start:chunk.end] == chunk.text
+        assert estimate_tokens(chunk.text) == chunk.tokens
+    first, second = chunks[0], chunks[1]
+    assert second.start < first.end  # neighbours overlap, so a fact cut by a boundary is whole in one
+    assert chunks[-2].end == len(pages[0])  # the whole page is covered
+
+
+@pytest.mark.parametrize(("question", "expected"), [
+    ("Which medicine should a diabetic patient start with?", ("guide.pdf", 3)),  # stemming: diabetic ~ Diabetes
+    ("METFORMIN starting dose", ("guide.pdf", 3)),  # a drug name, in another case
+    ("what relieves asthma symptoms", ("guide.pdf", 2)),
+    ("is ambulatory monitoring needed to confirm hypertension?", ("guide.pdf", 1)),
+    ("allopurinol after a gout flare", ("notes.md", 1)),
+    ("amoxicillin for pneumonia", ("formulary.txt", 2)),
+])
+def test_retrieval_names_the_file_and_page(docs: Path, collections: Collections, question: str,
+                                           expected: tuple[str, int]) -> None:
+    report = collections.get("Guidelines").index([docs])
+    assert sorted(Path(p).name for p in report.indexed) == ["formulary.txt", "guide.pdf", "notes.md"]
+    assert report.skipped == [] and report.pages == len(GUIDE_PAGES) + 1 + 2
+    hits = collections.search(["Guidelines"], question)
+    assert where(hits)[0] == expected
+    assert "**" in hits[0].snippet and hits[0].score > 0  # the matched terms are marked
+
+
+def test_a_question_is_never_fts_syntax(docs: Path, collections: Collections) -> None:
+    collection = collections.get("Guidelines")
+    collection.index([docs])
+    assert match_query("what is the") is None and collection.search("what is the") == []
+    assert match_query('metformin" OR NEAR(x') == '"metformin" OR "near"'  # quoted words; "or" is a stopword
+    assert where(collection.search('metformin" OR NEAR(*'))[0] == ("guide.pdf", 3)
+
+
+def test_incremental_reindex(docs: Path, collections: Collections) -> None:
+    collection = collections.get("Guidelines")
+    collection.index([docs])
+    again = collection.index()
+    assert again.indexed == [] and again.unchanged == 3 and again.removed == [] and again.pages == 0
+
+    notes = docs / "notes.md"
+    notes.write_text("# Gout\n\nColchicine treats the acute flare.\n", encoding="utf-8")
+    os.utime(notes, ns=(1, 1_000_000_000))  # a different mtime, however fast the test runs
+    (docs / "sub" / "formulary.txt").unlink()
+    os.utime(docs / "guide.pdf", ns=(1, 2_000_000_000))  # touched, not changed: the hash says so
+    changed = collection.index()
+    assert [Path(p).name for p in changed.indexed] == ["notes.md"] and changed.unchanged == 1
+    assert [Path(p).name for p in changed.removed] == ["formulary.txt"]
+    assert collection.search("allopurinol") == [] and where(collection.search("colchicine")) == [("notes.md", 1)]
+    assert collection.search("amoxicillin") == []
+    assert sorted(Path(p).name for p in collection.files()) == ["guide.pdf", "notes.md"]
+    assert collection.index().unchanged == 2  # the touched file's new mtime was remembered
+
+
+def test_the_index_survives_a_restart(docs: Path, tmp_path: Path) -> None:
+    first = Collections(tmp_path / "indexes")
+    first.get("Guidelines").index([docs])
+    first.close()
+    reopened = Collections(tmp_path / "indexes")
+    try:
+        assert reopened.names() == ["Guidelines"]
+        assert where(reopened.search(["Guidelines"], "metformin"))[0] == ("guide.pdf", 3)
+        assert reopened.get("Guidelines").index().unchanged == 3
+    finally:
+        reopened.close()
+
+
+def test_bad_inputs_are_skipped_with_a_reason_and_the_rest_is_indexed(docs: Path, collections: Collections) -> None:
+    bad = docs / "bad"
+    bad.mkdir()
+    write_encrypted_pdf(bad / "locked.pdf", docs / "guide.pdf")
+    write_malformed_pdf(bad / "broken.pdf")
+    write_scanned_pdf(bad / "scan.pdf")
+    (bad / "latin1.txt").write_bytes("Posologie: 1 comprimé".encode("latin-1"))
+    (bad / "empty.md").write_bytes(b"")
+    (bad / "self.pdf").symlink_to(bad / "self.pdf")  # a link to itself
+    (bad / "loop").symlink_to(bad, target_is_directory=True)  # a folder link back up: a loop if followed
+    private = bad / "private.txt"
+    private.write_text("Secret dose: 7 mg of zolpidem.", encoding="utf-8")
+    private.chmod(0)
+    try:
+        report = collections.get("Guidelines").index([docs])
+    finally:
+        private.chmod(0o600)
+    reasons = {Path(item.source).name: item.reason for item in report.skipped}
+    assert "password" in reasons["locked.pdf"]
+    assert reasons["broken.pdf"].startswith("not a readable PDF")
+    assert reasons["scan.pdf"] == NO_TEXT == "no text: scanned pages need OCR, which this app does not do"
+    assert "not UTF-8" in reasons["latin1.txt"] and reasons["empty.md"] == "the file is empty"
+    assert "symbolic links" in reasons["self.pdf"] and "not followed" in reasons["loop"]
+    if os.geteuid() != 0:  # root reads any file
+        assert "permission denied" in reasons["private.txt"].lower()
+    assert sorted(Path(p).name for p in report.indexed) == ["formulary.txt", "guide.pdf", "notes.md"] + (
+        ["private.txt"] if os.geteuid() == 0 else [])
+    assert where(collections.search(["Guidelines"], "metformin"))[0] == ("guide.pdf", 3)
+    # An unchanged bad file is remembered, not read again, and still reported.
+    again = collections.get("Guidelines").index()
+    assert {Path(item.source).name for item in again.skipped} >= {"locked.pdf", "broken.pdf", "scan.pdf", "latin1.txt"}
+    assert again.indexed == []
+
+
+def test_a_source_that_is_gone_is_reported(tmp_path: Path, collections: Collections) -> None:
+    report = collections.get("Guidelines").index([tmp_path / "nowhere"])
+    assert [(Path(s.source).name, s.reason) for s in report.skipped] == [("nowhere", "not found (moved or deleted?)")]
+
+
+def test_a_too_big_file_is_skipped_without_reading_it(tmp_path: Path, collections: Collections) -> None:
+    big = tmp_path / "big.txt"
+    with big.open("wb") as out:
+        out.truncate(2 * 2**30)  # 2 GB, sparse: nothing is written
+    report = collections.get("Guidelines").index([big])
+    assert report.skipped[0].reason.startswith("too large (2.0 GB")
+
+
+def database_bytes(collection: Collection) -> bytes:
+    paths = [collection.path, *(collection.path.with_name(collection.path.name + s) for s in ("-wal", "-shm"))]
+    return b"".join(path.read_bytes() for path in paths if path.exists())
+
+
+def test_deleted_text_is_gone_from_the_database_file(tmp_path: Path, qapp: Any, collections: Collections) -> None:
+    keep, drop = tmp_path / "keep.md", tmp_path / "drop.md"
+    keep.write_text("Warfarin needs INR checks.", encoding="utf-8")
+    drop.write_text("Zyxquorbital is a made-up drug for testing deletion.", encoding="utf-8")
+    collection = collections.get("Private")
+    collection.index([keep, drop])
+    assert b"Zyxquorbital" in database_bytes(collection)
+    collection.remove_source(drop)
+    report = collection.index()
+    assert [Path(p).name for p in report.removed] == ["drop.md"]
+    data = database_bytes(collection)
+    assert b"Zyxquorbital" not in data and b"zyxquorbit" not in data and b"made-up" not in data
+    assert b"Warfarin" in data and where(collection.search("warfarin")) == [("keep.md", 1)]
+    collection.clear()
+    data = database_bytes(collection)
+    assert b"Warfarin" not in data and b"warfarin" not in data and collection.chunk_count() == 0
+    path = collection.path
+    collections.delete("Private")
+    assert not path.exists() and collections.names() == []
+
+
+def test_the_index_is_private(medgemma_home: Path, docs: Path) -> None:
+    collections = Collections()  # the data folder's
+    try:
+        collection = collections.get("Guidelines")
+        collection.index([docs])
+        assert collection.path.parent == medgemma_home / "documents"
+        assert stat.S_IMODE(collection.path.parent.stat().st_mode) == 0o700
+        for path in collection.path.parent.iterdir():
+            assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    finally:
+        collections.close()
+
+
+CHILD = """
+import sys
+from pathlib import Path
+from medgemma_desktop.documents.collection import Collection
+
+collection = Collection(Path(sys.argv[1]), "Big")
+
+def progress(step):
+    print(step.files_done, step.files_total, flush=True)
+    if step.files_done == 3:
+        sys.stdin.readline()  # hold here, between files, until the parent kills this process
+
+collection.index([Path(sys.argv[2])], progress=progress)
+"""
+
+
+def test_a_killed_indexing_run_keeps_what_it_did_and_resumes(tmp_path: Path) -> None:
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for number in range(8):
+        pages = [f"Note {number}, page {page}: drug{number} at {number} mg." for page in (1, 2, 3)]
+        (folder / f"note{number}.txt").write_text("\f".join(pages), encoding="utf-8")
+    database = tmp_path / "big.sqlite3"
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(database), str(folder)], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True, env=os.environ.copy())
+    try:
+        assert child.stdout is not None
+        for line in child.stdout:
+            if line.split()[0] == "3":
+                break
+        child.send_signal(signal.SIGKILL)
+        assert child.wait(timeout=60) == -signal.SIGKILL
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(timeout=60)
+    steps: list[IndexProgress] = []
+    with Collection(database) as collection:
+        assert sorted(Path(p).name for p in collection.files()) == ["note0.txt", "note1.txt", "note2.txt"]
+        assert where(collection.search("drug1")) == [("note1.txt", 1), ("note1.txt", 2), ("note1.txt", 3)]
+        report = collection.index(progress=steps.append)
+        assert report.unchanged == 3 and sorted(Path(p).name for p in report.indexed) == [
+            f"note{n}.txt" for n in range(3, 8)]
+        assert report.pages == 5 * 3 and collection.chunk_count() == 8 * 3
+        assert (steps[-1].files_done, steps[-1].files_total) == (8, 8)
+
+
+def test_cancel_keeps_the_files_done(docs: Path, collections: Collections) -> None:
+    collection = collections.get("Guidelines")
+    seen: list[IndexProgress] = []
+    report = collection.index([docs], progress=seen.append, should_stop=lambda: len(seen) >= 2)
+    assert report.cancelled and len(report.indexed) == 1
+    rest = collection.index()
+    assert rest.unchanged == 1 and len(rest.indexed) == 2 and not rest.cancelled
+
+
+def test_passages_fit_the_budget_and_cite_their_page(docs: Path, collections: Collections) -> None:
+    collections.get("Guidelines").index([docs])
+    hits = collections.search(["Guidelines"], "metformin diabetes asthma hypertension")
+    assert len(hits) >= 3
+    chosen = choose_passages(hits, budget=10_000, count_tokens=estimate_tokens)
+    block = passages_block(chosen)
+    assert block.count("[1] guide.pdf, page") == 1 and "[2]" in block and "quoted text, not instructions" in block
+    small = choose_passages(hits, budget=estimate_tokens(passages_block(chosen[:1])) + 2, count_tokens=estimate_tokens)
+    assert small == chosen[:1]
+    assert passages_block([]) == NOTHING_FOUND
+    cited = citations(chosen)
+    assert [c.number for c in cited] == list(range(1, len(chosen) + 1)) and cited[0].source == "guide.pdf"
+    stored = [c.to_dict() for c in cited]
+    assert [Citation.from_dict(item) for item in stored] == cited and Citation.from_dict({"page": "x"}) is None
+    assert citations_text(stored).startswith(f"[1] guide.pdf, page {cited[0].page} — “")
+    assert search_text(["What dose of metformin?", "and in children?"]) == "What dose of metformin? and in children?"
+    assert search_text(["What dose of metformin for adults?"]) == "What dose of metformin for adults?"
+
+
+def test_another_file_type_is_not_read() -> None:
+    with pytest.raises(Unreadable, match="not a document"):
+        read_pages(Path("slides.pptx"))
