@@ -21,6 +21,9 @@ from medgemma_models import emergency
 from medgemma_models.errors import MedGemmaError
 
 from .answer import AnswerStats
+from .documents.chunking import estimate_tokens
+from .documents.collection import Collection, Skipped
+from .documents.passages import PASSAGES_META, citations, document_budget, find_passages, passages_block
 from .engine import Engine
 from .events import Finished, LoadCancelled, LoadError, ModelReady, PromptPlanned, RuntimeEvent
 from .generation import AdapterUse, EngineLike, Loaded, LoadFailed, ModelRequest
@@ -54,6 +57,10 @@ class AskResult:
     think: bool  # whether the prompt asked for reasoning (only presets that reason can)
     prompt: str  # the text the engine was given
     emergency_notice: dict[str, Any] | None = None  # the red-flag notice (medgemma_models.emergency), None when none
+    # With documents: the passages the prompt quoted, [1] first ({"source", "page" from 1, "snippet", "score"}),
+    # and the files not indexed ({"source", "reason"}).
+    citations: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    skipped: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -134,6 +141,8 @@ class Asker:
             self.library.begin_load(request.base, request.adapters)
             loaded = load_model(self.runtime, request)
             self.chat_settings = self.library.finish_load(loaded, ChatSettings.from_dict({}), load)
+            self.n_ctx = loaded.n_ctx
+            self.documents: Collection | None = None
             current = self.library.current
             assert current is not None
             self.title = current.title or loaded.info.name
@@ -148,9 +157,21 @@ class Asker:
     def _deliver(self, event: RuntimeEvent) -> None:
         self.recorder(event)
 
-    def ask(self, question: str, think: bool | None = None, seed: int | None = None, **overrides: Any) -> AskResult:
+    def index_documents(self, paths: Sequence[Path]) -> list[Skipped]:
+        """Bring the index of `paths` up to date (in this asker's temporary folder, never the user's data
+        folder; an unchanged file is not read again); the files that cannot be indexed, with the reason."""
+        if self.documents is None:
+            self.documents = Collection(Path(self._folder.name) / "documents.sqlite3", "--docs")
+        for source in set(self.documents.sources()) - {Path(path).absolute() for path in paths}:
+            self.documents.remove_source(source)
+        return self.documents.index([Path(path) for path in paths]).skipped
+
+    def ask(self, question: str, think: bool | None = None, seed: int | None = None,
+            documents: Sequence[Path] = (), **overrides: Any) -> AskResult:
         """Answer `question` in a new chat; `think` None keeps the preset's default (on).
 
+        `documents`: files and folders to answer from; the passages found go into the question's
+        turn (documents.passages) and come back as `citations`, unreadable files as `skipped`.
         `overrides` are chat settings (temperature, top_p, top_k, repeat_penalty, max_tokens), checked
         like stored ones; `seed` makes a sampled (temperature > 0) answer repeatable.
         """
@@ -167,7 +188,18 @@ class Asker:
         self.session.seed = seed
         self.session.new_chat()
         self.recorder.plan, self.recorder.text = None, ""
-        self.session.send(question)  # the backend waits: the answer is complete when this returns
+        meta, cited, skipped = None, [], []
+        if documents:
+            skipped = [{"source": item.source, "reason": item.reason} for item in self.index_documents(documents)]
+            assert self.documents is not None
+            # Estimated tokens (about four characters each): the engine's tokenizer is on the runtime's
+            # thread, and the budget's other half leaves room for an estimate that is a little short.
+            chosen = find_passages(self.documents.search, [question],
+                                   document_budget(self.n_ctx, settings.max_tokens), estimate_tokens)
+            meta = {PASSAGES_META: passages_block(chosen)}
+            cited = [{"source": c.source, "page": c.page, "snippet": c.snippet, "score": c.score, "path": c.path}
+                     for c in citations(chosen)]
+        self.session.send(question, meta)  # the backend waits: the answer is complete when this returns
         if collector.stats is None or self.recorder.plan is None:
             raise AskFailed(f"the answer failed: {collector.failure or 'no answer'}")
         stats = collector.stats
@@ -186,9 +218,14 @@ class Asker:
             think=settings.think_enabled,
             prompt=self.recorder.plan.plan.prompt.text,  # for reading: the markers spelled out
             emergency_notice=notice.to_dict() if notice else None,
+            citations=cited,
+            skipped=skipped,
         )
 
     def close(self) -> None:
+        if getattr(self, "documents", None) is not None:
+            self.documents.close()
+            self.documents = None
         if self.runtime is not None and self._own_runtime:
             self.runtime.close()
         self.runtime = None
@@ -206,7 +243,7 @@ class Asker:
 
 def ask(question: str, model: Path | None = None, adapters: Sequence[AdapterUse] | None = None,
         think: bool | None = None, load: LoadSettings = LoadSettings(), seed: int | None = None,
-        **overrides: Any) -> AskResult:
+        documents: Sequence[Path] = (), **overrides: Any) -> AskResult:
     """One question, one model load: what `medgemma-desktop --ask` runs. For many questions use `Asker`."""
     with Asker(model, adapters, load) as asker:
-        return asker.ask(question, think, seed, **overrides)
+        return asker.ask(question, think, seed, documents, **overrides)

@@ -17,6 +17,8 @@ from medgemma_models.errors import PromptTooLongError
 from medgemma_models.prompt import THINK_CLOSE, THINK_OPEN, Prompt, Turn
 from medgemma_models.reasoning import strip_reasoning
 
+from .documents.passages import PASSAGES_META
+
 
 class ChatMessage(Protocol):
     """What a prompt needs of a message; `history.Message` is one."""
@@ -61,6 +63,18 @@ def model_turn_text(preset: Preset, message: ChatMessage, send_reasoning_back: b
     return message.text
 
 
+def user_turn_text(message: ChatMessage) -> str:
+    """What a question contributes to the context: the passages found for it (a plain labelled
+    block kept in its `meta`, see documents.passages), then the question itself.
+
+    The block is turn text like the question, tokenized as text, so a document cannot forge a
+    turn. It belongs to its own question, so asking again never changes an earlier turn.
+    """
+    meta = getattr(message, "meta", None)
+    block = meta.get(PASSAGES_META) if isinstance(meta, dict) else None
+    return f"{block}\n\n{message.text}" if isinstance(block, str) and block.strip() else message.text
+
+
 def _turns(preset: Preset, history: Sequence[ChatMessage], send_reasoning_back: bool) -> list[_Turn]:
     """Alternating user/model turns starting and ending with a user turn.
 
@@ -71,7 +85,7 @@ def _turns(preset: Preset, history: Sequence[ChatMessage], send_reasoning_back: 
     turns: list[_Turn] = []
     for message in history:
         if message.role == "user":
-            text = message.text
+            text = user_turn_text(message)
         elif message.role == "model":
             if not message.text and not message.reasoning:
                 continue

@@ -213,8 +213,10 @@ class ChatSession:
 
     # -- sending --------------------------------------------------------------------------------
 
-    def send(self, text: str) -> bool:
-        """Save the user's message and ask for an answer; with an edit under way, replace the last question."""
+    def send(self, text: str, meta: dict[str, Any] | None = None) -> bool:
+        """Save the user's message and ask for an answer; with an edit under way, replace the last question.
+
+        `meta` is kept with the message (e.g. the passages found for it: conversation.user_turn_text)."""
         text = text.strip()
         if not text or not self.can_send():
             return False
@@ -226,7 +228,7 @@ class ChatSession:
         if self.chat_id is None:
             self.chat_id = self.history.create_chat(chat_title(text), model=self._model_record(),
                                                     settings=stored_settings(self.settings, self.load_settings))
-        message_id = self.history.add_message(self.chat_id, "user", text)
+        message_id = self.history.add_message(self.chat_id, "user", text, meta=meta)
         self.listener.message_shown(self.history.message(message_id), "You")
         self._generate()
         self.listener.chats_changed()
