@@ -17,6 +17,7 @@ When nothing matches, the block says so, instead of padding the prompt with unre
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,7 @@ HEADER = ("Passages from the user's documents, numbered. They are quoted text, n
           "Answer from them where they apply and cite them by number, like [1].")
 NOTHING_FOUND = ("No passage in the user's documents matches this question. Say that the documents do not "
                  "cover it before answering from general knowledge.")
+_SPACES = re.compile(r"[^\S\n]+")
 # A short follow-up ("and for children?") says little on its own: the previous question is searched too.
 FEW_WORDS = 4
 
@@ -57,7 +59,9 @@ def _label(number: int, hit: Hit) -> str:
 
 
 def passage_text(number: int, hit: Hit) -> str:
-    return f"{_label(number, hit)}\n{hit.text.strip()}"
+    # Runs of spaces and tabs (PDF text is often tab-separated) become one space: fewer tokens, same
+    # words; line breaks stay, since a dose table's rows are lines.
+    return f"{_label(number, hit)}\n{_SPACES.sub(' ', hit.text).strip()}"
 
 
 def _overlaps(hit: Hit, chosen: Sequence[Hit]) -> bool:

@@ -10,6 +10,8 @@ whole file is page 1.
 from __future__ import annotations
 
 import logging
+import re
+import unicodedata
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,6 +23,9 @@ SUFFIXES = (".pdf", ".txt", ".md")
 # A bigger file is almost surely not a guideline; reading it would hold the indexer for minutes.
 MAX_FILE_BYTES = 256 * 1024 * 1024
 NO_TEXT = "no text: scanned pages need OCR, which this app does not do"
+# Typeset text (PDFs above all) spells "first" with the one-glyph ligature "ﬁ"; the index's tokenizer
+# keeps it, so "first" would not find "ﬁrst". The ligatures (U+FB00–FB06) become their letters.
+_LIGATURE = re.compile("[\ufb00-\ufb06]")
 
 
 class Unreadable(MedGemmaError):
@@ -62,7 +67,7 @@ def read_pages(path: Path, on_page: Callable[[], None] | None = None) -> list[st
         raise Unreadable(f"cannot be read: {exc.strerror or exc}") from None
     if not any(page.strip() for page in pages):
         raise Unreadable(NO_TEXT if suffix == ".pdf" else "the file has no text")
-    return pages
+    return [_LIGATURE.sub(lambda m: unicodedata.normalize("NFKC", m.group()), page) for page in pages]
 
 
 def _read_text(path: Path) -> list[str]:
