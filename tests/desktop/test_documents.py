@@ -219,9 +219,13 @@ def test_deleted_text_is_gone_from_the_database_file(tmp_path: Path, qapp: Any, 
     data = database_bytes(collection)
     assert b"Zyxquorbital" not in data and b"zyxquorbit" not in data and b"made-up" not in data
     assert b"Warfarin" in data and where(collection.search("warfarin")) == [("keep.md", 1)]
+    keep.write_text("Apixaban needs no INR checks at all.", encoding="utf-8")  # a changed file: its old text goes
+    assert [Path(p).name for p in collection.index().indexed] == ["keep.md"]
+    data = database_bytes(collection)
+    assert b"Warfarin" not in data and b"warfarin" not in data and b"Apixaban" in data
     collection.clear()
     data = database_bytes(collection)
-    assert b"Warfarin" not in data and b"warfarin" not in data and collection.chunk_count() == 0
+    assert b"Apixaban" not in data and b"apixaban" not in data and collection.chunk_count() == 0
     path = collection.path
     collections.delete("Private")
     assert not path.exists() and collections.names() == []

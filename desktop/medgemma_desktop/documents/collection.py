@@ -233,6 +233,17 @@ class Collection:
         if gone:
             self._delete_files([known[path][5] for path in gone])
             report.removed = gone
+        try:
+            self._index_found(found, known, report, progress, should_stop, count_tokens)
+        finally:
+            # Once a run, not once a file: merging the FTS segments costs the whole index's size.
+            if self._query("SELECT 1 FROM info WHERE key = 'purge'"):
+                self._purge()
+        return report
+
+    def _index_found(self, found: dict[str, Path], known: dict[str, tuple], report: IndexReport,
+                     progress: Callable[[IndexProgress], None] | None, should_stop: Callable[[], bool] | None,
+                     count_tokens: CountTokens | None) -> None:
         stop = should_stop or (lambda: False)
         pages_done = 0
         for number, (name, path) in enumerate(sorted(found.items())):
@@ -257,9 +268,6 @@ class Collection:
             if progress is not None:
                 progress(IndexProgress(len(found), len(found), pages_done, ""))
         report.pages = pages_done
-        if report.removed:
-            self._purge()
-        return report
 
     def _find_files(self, report: IndexReport) -> dict[str, Path]:
         """Every document under the sources, by absolute path; folders are walked without following links."""
@@ -325,8 +333,6 @@ class Collection:
                 db.execute("INSERT INTO chunk_text (rowid, text) VALUES (?, ?)", (cursor.lastrowid, chunk.text))
         report.indexed.append(name)
         report.chunks += len(chunks)
-        if known is not None:
-            self._purge()  # the old text of a changed file must not linger in the index's segments
 
     def _unchanged(self, name: str, known: tuple, report: IndexReport) -> None:
         if known[4]:
@@ -353,6 +359,9 @@ class Collection:
 
     @staticmethod
     def _delete_chunks(db: sqlite3.Connection, file_ids: Sequence[int]) -> None:
+        """Delete the files' passages; the deleted words stay in older FTS segments until `_purge`,
+        which the flag set here asks for, even from the next run if this one is killed first."""
+        db.execute("INSERT OR IGNORE INTO info (key, value) VALUES ('purge', '1')")
         for file_id in file_ids:
             db.execute("DELETE FROM chunk_text WHERE rowid IN (SELECT id FROM chunks WHERE file_id = ?)", (file_id,))
             db.execute("DELETE FROM chunks WHERE file_id = ?", (file_id,))
@@ -367,6 +376,7 @@ class Collection:
         """Make deleted text unrecoverable from the file: merge the FTS segments, empty the log."""
         with self._write() as db:
             db.execute("INSERT INTO chunk_text (chunk_text) VALUES ('optimize')")
+            db.execute("DELETE FROM info WHERE key = 'purge'")
         with self._lock:
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
