@@ -38,6 +38,7 @@ from medgemma_desktop.engine import Engine
 from medgemma_desktop.history import Message
 from medgemma_desktop.settings import LoadOptions
 from medgemma_models.catalog import get_preset
+from medgemma_models.errors import StoreError
 from medgemma_models.prompt import END_OF_TURN, START_OF_TURN
 from tests.support.document_files import (
     GUIDE_PAGES,
@@ -186,6 +187,36 @@ def test_bad_inputs_are_skipped_with_a_reason_and_the_rest_is_indexed(docs: Path
     again = collections.get("Guidelines").index()
     assert {Path(item.source).name for item in again.skipped} >= {"locked.pdf", "broken.pdf", "scan.pdf", "latin1.txt"}
     assert again.indexed == []
+
+
+def test_a_file_that_vanishes_mid_index_is_skipped(docs: Path, collections: Collections) -> None:
+    seen: list[IndexProgress] = []
+
+    def progress(step: IndexProgress) -> None:
+        seen.append(step)
+        if step.current.endswith("notes.md"):
+            Path(step.current).unlink()  # gone between being found and being read
+
+    report = collections.get("Guidelines").index([docs], progress=progress)
+    assert [(Path(s.source).name, s.reason) for s in report.skipped] == [
+        ("notes.md", "the file vanished while it was being indexed")]
+    assert sorted(Path(p).name for p in report.indexed) == ["formulary.txt", "guide.pdf"]
+    assert [(step.files_done, step.files_total) for step in seen] == [(0, 3), (1, 3), (2, 3), (3, 3)]
+    assert seen[-1].pages_done == len(GUIDE_PAGES) + 2 and seen[-1].current == ""
+
+
+def test_a_damaged_index_is_named_and_hides_no_other(tmp_path: Path, docs: Path) -> None:
+    folder = tmp_path / "indexes"
+    found = Collections(folder)
+    try:
+        found.get("Guidelines").index([docs])
+        found.close()
+        (folder / "damaged-00000000.sqlite3").write_bytes(b"not a database at all" * 100)
+        assert found.names() == ["Guidelines"]
+        with pytest.raises(StoreError, match="not a usable document index"):
+            Collection(folder / "damaged-00000000.sqlite3")
+    finally:
+        found.close()
 
 
 def test_a_source_that_is_gone_is_reported(tmp_path: Path, collections: Collections) -> None:

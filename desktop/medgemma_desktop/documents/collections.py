@@ -7,6 +7,7 @@ passages in the file (`Collection.clear`) and then removes the file with its -wa
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 from pathlib import Path
 
@@ -15,6 +16,8 @@ from medgemma_models.files import PRIVATE_FOLDER_MODE, make_private
 from medgemma_models.store import home
 
 from .collection import Collection, Hit
+
+log = logging.getLogger(__name__)
 
 SUFFIX = ".sqlite3"
 
@@ -54,8 +57,13 @@ class Collections:
     def names(self) -> list[str]:
         names = set(self._open)
         for path in self.folder.glob(f"*{SUFFIX}"):
-            with Collection(path) as collection:
-                names.add(collection.name)
+            if any(opened.path == path for opened in self._open.values()):
+                continue
+            try:
+                with Collection(path) as collection:
+                    names.add(collection.name)
+            except StoreError as exc:  # one damaged index must not hide the others
+                log.warning("%s", exc)
         return sorted(names, key=str.casefold)
 
     def exists(self, name: str) -> bool:
