@@ -57,7 +57,7 @@ def write_gguf(base: ResolvedBase, adapters: tuple[ResolvedAdapter, ...], path: 
         for t in base.tensors:
             qtype = _tensor_type(t.name, t.shape, out_type)
             types[t.name] = qtype
-            writer.add_tensor_info(t.name, t.shape, np.dtype(np.float32), _nbytes(t.shape, qtype), raw_dtype=qtype)
+            writer.add_tensor_info(t.name, t.shape, np.dtype(np.float32), tensor_nbytes(t.shape, qtype), raw_dtype=qtype)
         writer.write_header_to_file(path=path)
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
@@ -66,9 +66,9 @@ def write_gguf(base: ResolvedBase, adapters: tuple[ResolvedAdapter, ...], path: 
         for done, (tensor, data) in enumerate(merged_tensors(base, adapters, gguf_base), start=1):
             qtype = types[tensor.name]
             if isinstance(data, RowBlocks):
-                writer.write_tensor_data(_Streamed(data, qtype, _nbytes(tensor.shape, qtype), tensor.source))  # type: ignore[arg-type]
+                writer.write_tensor_data(_Streamed(data, qtype, tensor_nbytes(tensor.shape, qtype), tensor.source))  # type: ignore[arg-type]
             else:
-                writer.write_tensor_data(_encode(data, qtype, tensor.source))
+                writer.write_tensor_data(encode_tensor(data, qtype, tensor.source))
             progress(f"export {out_type}", done, total)
     finally:
         writer.close()
@@ -81,17 +81,21 @@ def _tensor_type(name: str, shape: tuple[int, ...], out_type: str) -> gguf.GGMLQ
     return TENSOR_TYPES[out_type]
 
 
-def _encode(data: np.ndarray, qtype: gguf.GGMLQuantizationType, name: str) -> np.ndarray:
-    """The float32 tensor's bytes in `qtype`, rounded to nearest even as ggml does."""
+def encode_tensor(data: np.ndarray, qtype: gguf.GGMLQuantizationType, name: str,
+                  overflow_hint: str = "export bf16 or f32 instead") -> np.ndarray:
+    """The float32 tensor's bytes in `qtype`, rounded to nearest even as ggml does (f32, f16, bf16 or
+    one of gguf-py's quantizations); `overflow_hint` says what to pass instead when f16 overflows."""
     if qtype == gguf.GGMLQuantizationType.F32:
         return np.ascontiguousarray(data, dtype=np.float32)
     if qtype == gguf.GGMLQuantizationType.F16:
         encoded = casts.f32_to_f16(data)
         # The merge let only finite values through: an all-ones exponent here is an overflow to infinity.
         if ((encoded.view(np.uint16) & _F16_EXPONENT) == _F16_EXPONENT).any():
-            raise ConversionError(f"{name} has values beyond float16's range (±65504); export bf16 or f32 instead")
+            raise ConversionError(f"{name} has values beyond float16's range (±65504); {overflow_hint}")
         return encoded
-    return casts.f32_to_bf16(data)
+    if qtype == gguf.GGMLQuantizationType.BF16:
+        return casts.f32_to_bf16(data)
+    return gguf.quants.quantize(np.ascontiguousarray(data, dtype=np.float32), qtype)
 
 
 class _Streamed:
@@ -103,11 +107,12 @@ class _Streamed:
 
     def tofile(self, fout: Any) -> None:
         for block in self.blocks:
-            _encode(block, self.qtype, self.name).tofile(fout)
+            encode_tensor(block, self.qtype, self.name).tofile(fout)
 
 
-def _nbytes(shape: tuple[int, ...], qtype: gguf.GGMLQuantizationType) -> int:
-    return int(np.prod(shape)) * (4 if qtype == gguf.GGMLQuantizationType.F32 else 2)
+def tensor_nbytes(shape: tuple[int, ...], qtype: gguf.GGMLQuantizationType) -> int:
+    block, size = gguf.GGML_QUANT_SIZES[qtype]
+    return int(np.prod(shape)) // block * size
 
 
 def _add_metadata(writer: gguf.GGUFWriter, base: ResolvedBase, out_type: str, prov: Provenance,

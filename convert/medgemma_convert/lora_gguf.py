@@ -18,15 +18,15 @@ from typing import Any
 
 import gguf
 import numpy as np
-
 from medgemma_models import provenance
 from medgemma_models.errors import ConversionError
 from medgemma_models.files import atomic_output, check_writable, sha256_file
 from medgemma_models.report import ConversionReport, OutputRecord, StageRecord
 
-from . import CONVERTER_ID, casts
+from . import CONVERTER_ID
 from .adapter import LoraTarget, ResolvedAdapter, resolve_adapter
 from .base import ResolvedBase, resolve_base
+from .gguf_export import encode_tensor
 from .options import AdapterSpec, ConversionOptions
 from .plan import _default_name, _preset
 from .progress import Progress, no_progress
@@ -139,8 +139,9 @@ def write_lora_gguf(plan: LoraPlan, path: Path, progress: Progress = no_progress
         progress("export adapter", 0, len(pairs))
         for done, (name, a, b) in enumerate(pairs, 1):
             for suffix, data in ((".lora_a", a), (".lora_b", b)):
-                encoded, qtype = _encode(data, plan.options.out_type)
-                writer.add_tensor(name + suffix, encoded, raw_dtype=qtype)
+                qtype = _tensor_type(data, plan.options.out_type)
+                writer.add_tensor(name + suffix, encode_tensor(data, qtype, name + suffix, "export f32 instead"),
+                                  raw_dtype=qtype)
             progress("export adapter", done, len(pairs))
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
@@ -164,15 +165,14 @@ _FILE_TYPES = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOST
                "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}
 
 
-def _encode(data: np.ndarray, out_type: str) -> tuple[np.ndarray, gguf.GGMLQuantizationType]:
+def _tensor_type(data: np.ndarray, out_type: str) -> gguf.GGMLQuantizationType:
     # Q8_0 needs rows that are whole blocks of 32: lora_b's rows are only `rank` long, so, as in
     # llama.cpp's converter, such tensors stay in F16.
     if out_type == "q8_0" and data.shape[-1] % _Q8_BLOCK == 0:
-        qtype = gguf.GGMLQuantizationType.Q8_0
-        return gguf.quants.quantize(data, qtype), qtype
+        return gguf.GGMLQuantizationType.Q8_0
     if out_type == "f32":
-        return data, gguf.GGMLQuantizationType.F32
-    return casts.f32_to_f16(data), gguf.GGMLQuantizationType.F16
+        return gguf.GGMLQuantizationType.F32
+    return gguf.GGMLQuantizationType.F16
 
 
 def export_lora(plan: LoraPlan, progress: Progress = no_progress) -> ConversionReport:

@@ -18,13 +18,16 @@ from pathlib import Path
 
 import gguf
 import numpy as np
-
 from medgemma_models.errors import ConversionError
-from medgemma_models.provenance import KEY_ADAPTERS, KEY_BASE, KEY_CONVERTER, KEY_TEXT_EMBEDDING
+from medgemma_models.provenance import (
+    KEY_ADAPTERS,
+    KEY_BASE,
+    KEY_CONVERTER,
+    KEY_TEXT_EMBEDDING,
+)
 
-from . import casts
 from .adapter import ResolvedAdapter
-from .gguf_export import Provenance
+from .gguf_export import Provenance, encode_tensor, tensor_nbytes
 from .lora import AdapterWeights
 from .options import MMPROJ_TYPES
 from .progress import Progress
@@ -34,7 +37,6 @@ _FILE_TYPES = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOST
                "bf16": gguf.LlamaFileType.MOSTLY_BF16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}
 _QTYPES = {"f32": gguf.GGMLQuantizationType.F32, "f16": gguf.GGMLQuantizationType.F16,
            "bf16": gguf.GGMLQuantizationType.BF16, "q8_0": gguf.GGMLQuantizationType.Q8_0}
-_F16_EXPONENT = 0x7C00
 
 
 def mmproj_path(out: Path, explicit: Path | None = None) -> Path:
@@ -59,7 +61,7 @@ def write_mmproj(vision: VisionTower, adapters: tuple[ResolvedAdapter, ...], pat
         types = {t.name: tensor_type(t, out_type) for t in vision.tensors}
         for t in vision.tensors:
             qtype = types[t.name]
-            writer.add_tensor_info(t.name, t.shape, np.dtype(np.float32), _nbytes(t.shape, qtype), raw_dtype=qtype)
+            writer.add_tensor_info(t.name, t.shape, np.dtype(np.float32), tensor_nbytes(t.shape, qtype), raw_dtype=qtype)
         writer.write_header_to_file(path=path)
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
@@ -75,7 +77,7 @@ def write_mmproj(vision: VisionTower, adapters: tuple[ResolvedAdapter, ...], pat
                     raise ConversionError(f"adding the adapters' deltas to {t.source} overflows float32")
             if t.norm_shift:
                 data += 1.0  # Gemma's RMSNorm multiplies by (1 + w); llama.cpp by w
-            writer.write_tensor_data(_encode(data, types[t.name], t.source))
+            writer.write_tensor_data(encode_tensor(data, types[t.name], t.source, "pass --mmproj-type f32 or bf16"))
             progress(stage, done, len(vision.tensors))
     finally:
         writer.close()
@@ -91,24 +93,6 @@ def tensor_type(tensor: VisionTensor, out_type: str) -> gguf.GGMLQuantizationTyp
     if qtype == gguf.GGMLQuantizationType.Q8_0 and tensor.shape[-1] % 32:
         return gguf.GGMLQuantizationType.F16  # q8_0 packs rows in blocks of 32 values
     return qtype
-
-
-def _encode(data: np.ndarray, qtype: gguf.GGMLQuantizationType, name: str) -> np.ndarray:
-    if qtype == gguf.GGMLQuantizationType.F32:
-        return np.ascontiguousarray(data, dtype=np.float32)
-    if qtype == gguf.GGMLQuantizationType.F16:
-        encoded = casts.f32_to_f16(data)
-        if ((encoded.view(np.uint16) & _F16_EXPONENT) == _F16_EXPONENT).any():
-            raise ConversionError(f"{name} has values beyond float16's range (±65504); pass --mmproj-type f32 or bf16")
-        return encoded
-    if qtype == gguf.GGMLQuantizationType.BF16:
-        return casts.f32_to_bf16(data)
-    return gguf.quants.quantize(np.ascontiguousarray(data, dtype=np.float32), qtype)
-
-
-def _nbytes(shape: tuple[int, ...], qtype: gguf.GGMLQuantizationType) -> int:
-    block, size = gguf.GGML_QUANT_SIZES[qtype]
-    return int(np.prod(shape)) // block * size
 
 
 def _add_metadata(writer: gguf.GGUFWriter, vision: VisionTower, out_type: str, prov: Provenance) -> None:

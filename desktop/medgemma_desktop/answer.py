@@ -27,6 +27,8 @@ class GenerationStats:
     ttft_ms: float
     decode_tok_per_s: float  # the one speed figure: tokens after the first over the time they took
     finish_reason: str  # "stop", "length" or "cancelled"
+    images_encoded: int = 0  # images of the prompt encoded for this answer (not found in the KV cache)
+    image_encode_ms: float = 0.0  # the time that took (part of the time to first token)
 
 
 @dataclass(frozen=True)

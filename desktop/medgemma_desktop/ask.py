@@ -28,11 +28,14 @@ from .engine import Engine
 from .events import Finished, LoadCancelled, LoadError, ModelReady, PromptPlanned, RuntimeEvent
 from .generation import AdapterUse, EngineLike, Loaded, LoadFailed, ModelRequest
 from .history import History
+from .images.decode import read_image_file
+from .images.store import ImageStore
 from .library import ModelLibrary, adapter_records
 from .resolve import resolve
 from .runtime import Runtime, RuntimeBackend
 from .session import ChatSession, SessionListener
 from .settings import ChatSettings, LoadSettings
+from .vision_files import find_mmproj
 
 
 class AskFailed(MedGemmaError):
@@ -61,6 +64,8 @@ class AskResult:
     # and the files not indexed ({"source", "reason"}).
     citations: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     skipped: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    images: dict[str, int] = dataclasses.field(default_factory=lambda: {"count": 0, "tokens": 0})
+    image_encode_ms: float = 0.0  # encoding the images the KV cache did not hold
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -119,9 +124,10 @@ class Asker:
 
     def __init__(self, model: Path | None = None, adapters: Sequence[AdapterUse] | None = None,
                  load: LoadSettings = LoadSettings(), engine_factory: Callable[[], EngineLike] = Engine,
-                 runtime: Runtime | None = None) -> None:
+                 runtime: Runtime | None = None, mmproj: Path | None = None) -> None:
         """`model` None and `adapters` None: the app's default (the demo reasoning combination when shipped).
-        `runtime`: one to share (it stays open); else one of its own.
+        `runtime`: one to share (it stays open); else one of its own. `mmproj`: the vision projector
+        (by default the `mmproj-*.gguf` beside the model that fits it, if any).
 
         Raises MedGemmaError (generation.LoadFailed) naming the file that cannot be used.
         """
@@ -137,6 +143,9 @@ class Asker:
                 request = ModelRequest(path, chosen, load.options())
             else:
                 request = resolve(model, tuple(adapters or ()), options=load.options())
+            if mmproj is None and request.base is not None:
+                mmproj = find_mmproj(request.base)
+            request = dataclasses.replace(request, mmproj=mmproj)
             self.load_settings = load
             self.library.begin_load(request.base, request.adapters)
             loaded = load_model(self.runtime, request)
@@ -146,10 +155,11 @@ class Asker:
             current = self.library.current
             assert current is not None
             self.title = current.title or loaded.info.name
-            self.session = ChatSession(self.history, RuntimeBackend(self.runtime, self._deliver, wait=True))
+            self.session = ChatSession(self.history, RuntimeBackend(self.runtime, self._deliver, wait=True),
+                                       images=ImageStore(Path(self._folder.name) / "images"))
             self.recorder = _Recorder(self.session)
             self.session.use_model(loaded.info, loaded.sha256, current.title or None,
-                                   adapter_records(loaded, current.adapters))
+                                   adapter_records(loaded, current.adapters), vision=loaded.vision)
         except BaseException:
             self.close()
             raise
@@ -167,8 +177,8 @@ class Asker:
         return self.documents.index([Path(path) for path in paths]).skipped
 
     def ask(self, question: str, think: bool | None = None, seed: int | None = None,
-            documents: Sequence[Path] = (), **overrides: Any) -> AskResult:
-        """Answer `question` in a new chat; `think` None keeps the preset's default (on).
+            images: Sequence[Path] = (), documents: Sequence[Path] = (), **overrides: Any) -> AskResult:
+        """Answer `question` in a new chat, about `images` if any; `think` None keeps the preset's default (on).
 
         `documents`: files and folders to answer from; the passages found go into the question's
         turn (documents.passages) and come back as `citations`, unreadable files as `skipped`.
@@ -178,6 +188,11 @@ class Asker:
         if not question.strip():
             raise MedGemmaError("the question is empty")
         notice = emergency.check(question)  # from the list, never from the model
+        parts = []
+        for path in images:
+            decoded = read_image_file(path)
+            self.session.images.put(decoded)
+            parts.append(decoded.part)
         values = {**self.chat_settings.to_dict(), **overrides}
         if think is not None:
             values["think"] = think
@@ -199,7 +214,7 @@ class Asker:
             meta = {PASSAGES_META: passages_block(chosen)}
             cited = [{"source": c.source, "page": c.page, "snippet": c.snippet, "score": c.score, "path": c.path}
                      for c in citations(chosen)]
-        self.session.send(question, meta)  # the backend waits: the answer is complete when this returns
+        self.session.send(question, parts, meta)  # the backend waits: the answer is complete when this returns
         if collector.stats is None or self.recorder.plan is None:
             raise AskFailed(f"the answer failed: {collector.failure or 'no answer'}")
         stats = collector.stats
@@ -218,6 +233,9 @@ class Asker:
             think=settings.think_enabled,
             prompt=self.recorder.plan.plan.prompt.text,  # for reading: the markers spelled out
             emergency_notice=notice.to_dict() if notice else None,
+            images={"count": self.recorder.plan.plan.images,
+                    "tokens": sum(1 for token in self.recorder.plan.plan.tokens if token < 0)},
+            image_encode_ms=stats.image_encode_ms,
             citations=cited,
             skipped=skipped,
         )
@@ -243,7 +261,8 @@ class Asker:
 
 def ask(question: str, model: Path | None = None, adapters: Sequence[AdapterUse] | None = None,
         think: bool | None = None, load: LoadSettings = LoadSettings(), seed: int | None = None,
-        documents: Sequence[Path] = (), **overrides: Any) -> AskResult:
+        images: Sequence[Path] = (), mmproj: Path | None = None, documents: Sequence[Path] = (),
+        **overrides: Any) -> AskResult:
     """One question, one model load: what `medgemma-desktop --ask` runs. For many questions use `Asker`."""
-    with Asker(model, adapters, load) as asker:
-        return asker.ask(question, think, seed, documents, **overrides)
+    with Asker(model, adapters, load, mmproj=mmproj) as asker:
+        return asker.ask(question, think, seed, images, documents, **overrides)

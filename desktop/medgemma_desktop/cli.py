@@ -52,6 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="answer one question the way the window would, print it and exit (no display needed)")
     parser.add_argument("--adapter", metavar="FILE[:SCALE]", type=parse_adapter, action="append", default=[],
                         help="with --ask or --serve: a GGUF LoRA adapter on top of the model (repeatable; scale 1 by default)")
+    parser.add_argument("--image", metavar="FILE", type=Path, action="append", default=[],
+                        help="with --ask: an image the question is about: PNG, JPEG, WebP or DICOM (repeatable); "
+                        "the model needs its vision projector")
+    parser.add_argument("--mmproj", metavar="FILE", type=Path,
+                        help="with --ask or --serve: the model's vision projector (default: the mmproj-*.gguf beside "
+                        "--model that fits it)")
     parser.add_argument("--docs", metavar="PATH", type=Path, action="append", default=[],
                         help="with --ask: answer from this file or folder (.pdf, .txt, .md; repeatable), "
                         "indexed in a temporary folder, and list the sources")
@@ -95,6 +101,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--think, --max-tokens and --temperature go with --ask")
     if args.adapter and args.ask is None and not args.serve:
         parser.error("--adapter goes with --ask or --serve")
+    if args.image and args.ask is None:
+        parser.error("--image goes with --ask")
+    if args.mmproj and args.ask is None and not args.serve:
+        parser.error("--mmproj goes with --ask or --serve")
     if args.docs and args.ask is None:
         parser.error("--docs goes with --ask")
     # The app is offline by design: nothing may reach for a model hub behind our back.
@@ -209,7 +219,8 @@ def ask(args: argparse.Namespace) -> int:
     adapters = [AdapterUse(path, scale) for path, scale in args.adapter]
     try:
         result = ask_question(args.ask, args.model, adapters if adapters or args.model else None, args.think,
-                              LoadSettings.from_dict(gpu), documents=args.docs, **overrides)
+                              LoadSettings.from_dict(gpu), images=args.image, mmproj=args.mmproj,
+                              documents=args.docs, **overrides)
     except AskFailed as exc:
         print(f"medgemma-desktop: {exc}", file=sys.stderr)
         return 1
@@ -221,7 +232,8 @@ def ask(args: argparse.Namespace) -> int:
         return 1
     if args.json:
         fields = ("reasoning", "answer", "finish_reason", "prompt_tokens", "generated_tokens", "ttft_ms",
-                  "decode_tok_per_s", "model", "preset", "think", "emergency_notice", "citations", "skipped")
+                  "decode_tok_per_s", "model", "preset", "think", "emergency_notice", "images", "image_encode_ms",
+                  "citations", "skipped")
         print(json.dumps({k: v for k, v in result.to_dict().items() if k in fields}, ensure_ascii=False))
         return 0
     if result.emergency_notice:

@@ -10,14 +10,24 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from medgemma_models.catalog import Preset
 from medgemma_models.errors import PromptTooLongError
-from medgemma_models.prompt import THINK_CLOSE, THINK_OPEN, Prompt, Turn
+from medgemma_models.prompt import THINK_CLOSE, THINK_OPEN, Prompt, PromptImage, Turn
 from medgemma_models.reasoning import strip_reasoning
 
 from .documents.passages import PASSAGES_META
+
+if TYPE_CHECKING:
+    from medgemma_models.mtmd_compat import RgbImage
+
+IMAGE_MISSING = "[image missing]"
+IMAGE_LEFT_OUT = "[image left out: the context is full]"
+
+
+class ImageMissingError(LookupError):
+    """A message's image file is gone or unreadable: the prompt says "[image missing]" in its place."""
 
 
 class ChatMessage(Protocol):
@@ -26,6 +36,14 @@ class ChatMessage(Protocol):
     role: str
     text: str
     reasoning: str
+
+    @property
+    def image_ids(self) -> tuple[str, ...]:
+        """The sha256 of each image attached to the message, in order."""
+        ...
+
+
+ImageLoader = Callable[[str], "RgbImage"]  # sha256 -> pixels; raises ImageMissingError
 
 
 @dataclass(frozen=True)
@@ -36,6 +54,8 @@ class PromptPlan:
     prompt: Prompt
     tokens: tuple[int, ...]
     dropped_turns: int
+    dropped_images: int = 0  # images of earlier messages left out for room (the oldest first)
+    images: int = 0  # images in the prompt
 
     @property
     def prompt_tokens(self) -> int:
@@ -75,7 +95,21 @@ def user_turn_text(message: ChatMessage) -> str:
     return f"{block}\n\n{message.text}" if isinstance(block, str) and block.strip() else message.text
 
 
-def _turns(preset: Preset, history: Sequence[ChatMessage], send_reasoning_back: bool) -> list[_Turn]:
+def _images(message: ChatMessage, load: ImageLoader | None) -> tuple[tuple[PromptImage, ...], str]:
+    """The message's images, and text saying which could not be read."""
+    images, missing = [], 0
+    for sha256 in message.image_ids:
+        try:
+            if load is None:
+                raise ImageMissingError(sha256)
+            images.append(PromptImage(sha256, load(sha256)))
+        except ImageMissingError:
+            missing += 1
+    return tuple(images), " ".join([IMAGE_MISSING] * missing)
+
+
+def _turns(preset: Preset, history: Sequence[ChatMessage], send_reasoning_back: bool,
+           load_image: ImageLoader | None = None) -> list[_Turn]:
     """Alternating user/model turns starting and ending with a user turn.
 
     A stored chat can break the alternation (an answer that failed and left nothing, so two
@@ -84,8 +118,11 @@ def _turns(preset: Preset, history: Sequence[ChatMessage], send_reasoning_back: 
     """
     turns: list[_Turn] = []
     for message in history:
+        images: tuple[PromptImage, ...] = ()
         if message.role == "user":
+            images, missing = _images(message, load_image)
             text = user_turn_text(message)
+            text = f"{missing}\n\n{text}" if missing else text
         elif message.role == "model":
             if not message.text and not message.reasoning:
                 continue
@@ -96,9 +133,10 @@ def _turns(preset: Preset, history: Sequence[ChatMessage], send_reasoning_back: 
             continue
         if turns and turns[-1].turn.role == message.role:
             last = turns[-1]
-            turns[-1] = _Turn(Turn(last.turn.role, f"{last.turn.text}\n\n{text}"), last.messages + 1)
+            turns[-1] = _Turn(Turn(last.turn.role, f"{last.turn.text}\n\n{text}", last.turn.images + images),
+                              last.messages + 1)
         else:
-            turns.append(_Turn(Turn(message.role, text), 1))  # type: ignore[arg-type]
+            turns.append(_Turn(Turn(message.role, text, images), 1))  # type: ignore[arg-type]
     if not turns or turns[-1].turn.role != "user":
         raise ValueError("the chat must end with the user's new message")
     return turns
@@ -114,15 +152,18 @@ def build_prompt(
     n_ctx: int,
     max_tokens: int,
     tokenize: Callable[[Prompt], Sequence[int]],
+    load_image: ImageLoader | None = None,
 ) -> PromptPlan:
     """The prompt for the answer to the chat's last (user) message, fitted into `n_ctx`.
 
     The answer needs room too: the prompt gets `n_ctx - max_tokens` tokens. When it does not
     fit, whole user+model pairs are left out, oldest first; the first pair stays (its user turn
     carries the folded system text and usually the case itself), and so does the new message.
+    Before any pair, the images of earlier messages are left out, oldest first (an image takes
+    hundreds of tokens: 256 for MedGemma); the new message's own images always stay.
     Raises `PromptTooLongError` when even that is too long.
     """
-    turns = _turns(preset, history, send_reasoning_back)
+    turns = _turns(preset, history, send_reasoning_back, load_image)
     budget = n_ctx - max_tokens
 
     if preset.format == "completion":
@@ -132,7 +173,9 @@ def build_prompt(
         tokens = tuple(tokenize(prompt))
         if len(tokens) > budget:
             raise _too_long(len(tokens), max_tokens, n_ctx)
-        return PromptPlan(prompt, tokens, 0)
+        return PromptPlan(prompt, tokens, 0, images=len(prompt.images))
+
+    turns, dropped_images = _fit_images(preset, turns, system, think, tokenize, budget)
 
     # turns = u1 m1 u2 m2 … uN: the pairs (u2 m2) … (u(N-1) m(N-1)) may be left out.
     droppable = max(0, (len(turns) - 3) // 2)
@@ -141,7 +184,8 @@ def build_prompt(
         kept = turns[:2] + turns[2 + 2 * pairs:] if pairs else turns
         prompt = preset.build_prompt([t.turn for t in kept], system=system, think=think)
         dropped = sum(t.messages for t in turns[2:2 + 2 * pairs])
-        return PromptPlan(prompt, tuple(tokenize(prompt)), dropped)
+        dropped_here = dropped_images + sum(len(t.turn.images) for t in turns[2:2 + 2 * pairs])
+        return PromptPlan(prompt, tuple(tokenize(prompt)), dropped, dropped_here, len(prompt.images))
 
     plan = attempt(0)
     if plan.prompt_tokens <= budget:
@@ -159,6 +203,21 @@ def build_prompt(
         else:
             low = middle
     return best
+
+
+def _fit_images(preset: Preset, turns: list[_Turn], system: str | None, think: bool,
+                tokenize: Callable[[Prompt], Sequence[int]], budget: int) -> tuple[list[_Turn], int]:
+    """Leave out earlier messages' images, oldest first, until the prompt fits or none is left."""
+    dropped = 0
+    while True:
+        prompt = preset.build_prompt([t.turn for t in turns], system=system, think=think)
+        older = next((i for i, t in enumerate(turns[:-1]) if t.turn.images), None)
+        if older is None or len(tokenize(prompt)) <= budget:
+            return turns, dropped
+        turn = turns[older].turn
+        text = f"{IMAGE_LEFT_OUT}\n\n{turn.text}"
+        turns = [*turns[:older], _Turn(Turn(turn.role, text, turn.images[1:]), turns[older].messages), *turns[older + 1:]]
+        dropped += 1
 
 
 def _too_long(tokens: int, max_tokens: int, n_ctx: int) -> PromptTooLongError:

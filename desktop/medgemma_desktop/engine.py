@@ -21,7 +21,8 @@ from medgemma_models.errors import MedGemmaError, ModelLoadError
 from medgemma_models.gguf_info import ModelInfo, read_model_info
 from medgemma_models.llama_cpp_compat import model_params_with_progress
 from medgemma_models.llama_log import app_log
-from medgemma_models.prompt import Prompt
+from medgemma_models.mtmd_compat import VisionContext, media_marker
+from medgemma_models.prompt import Prompt, PromptImage
 
 from . import adapters as runtime_adapters
 from .answer import GenerationStats, LoadCancelledError, OffloadReport
@@ -91,8 +92,19 @@ class StopText:
         return text
 
 
+def forget_from(llm: llama_cpp.Llama, position: int) -> None:
+    """Drop the KV cache's entries from `position` on, as `Llama.eval` does before it writes there."""
+    llama_cpp.llama_memory_seq_rm(llama_cpp.llama_get_memory(llm.ctx), -1, position, -1)
+
+
+def image_placeholder(image: PromptImage) -> int:
+    """The id that stands for each position of `image` in a prompt's tokens: negative, so never a real
+    token, and the image's own, so that the KV cache's prefix match keeps an image it already holds."""
+    return -1 - int(image.sha256[:7], 16)
+
+
 class Engine:
-    """One loaded model and its KV cache."""
+    """One loaded model, its vision projector when it has one, and its KV cache."""
 
     def __init__(self) -> None:
         self.llm: llama_cpp.Llama | None = None
@@ -100,6 +112,11 @@ class Engine:
         self.offload: OffloadReport | None = None
         self.options: LoadOptions | None = None
         self.last_stats: GenerationStats | None = None
+        self.vision: VisionContext | None = None
+        self.images_encoded = 0  # every image evaluated since the load: a follow-up question adds none
+        # The images of the prompts tokenized so far, by placeholder id, and how many positions each takes.
+        self._images: dict[int, PromptImage] = {}
+        self._image_lengths: dict[str, int] = {}
 
     @property
     def loaded(self) -> bool:
@@ -192,7 +209,23 @@ class Engine:
         elif current is not None:
             current.detach()  # also clears the KV cache, computed with the adapters
 
+    def set_vision(self, mmproj: Path | None) -> None:
+        """Load the vision projector `mmproj` for the loaded model (None: none); one of another model is refused."""
+        llm = self._require()
+        assert self.info is not None
+        if self.vision is not None:
+            self.vision.close()
+            self.vision = None
+        self._images.clear()
+        self._image_lengths.clear()
+        if mmproj is not None:
+            threads = self.options.n_threads if self.options is not None else None
+            self.vision = VisionContext(llm, self.info.path, mmproj, n_threads=threads, log=app_log())
+
     def close(self) -> None:
+        if self.vision is not None:
+            self.vision.close()
+            self.vision = None
         if self.llm is not None:
             self.llm.close()
         self.llm = None
@@ -203,8 +236,65 @@ class Engine:
         return self.llm
 
     def tokenize(self, prompt: Prompt) -> list[int]:
-        """Tokens of a prompt that carries its own <bos> and turn markers (only those are control tokens)."""
-        return tokenize_prompt(self._require(), prompt)
+        """Tokens of a prompt that carries its own <bos> and turn markers (only those are control tokens);
+        each image takes as many positions as mtmd gives it, held by its placeholder id."""
+        return tokenize_prompt(self._require(), prompt, self._image_tokens if self.vision is not None else None)
+
+    def _image_tokens(self, image: PromptImage) -> list[int]:
+        assert self.vision is not None
+        length = self._image_lengths.get(image.sha256)
+        if length is None:
+            with self.vision.tokenize(media_marker(), [image.rgb], add_special=False) as chunks:
+                length = sum(chunk.n_tokens for chunk in chunks.describe())
+            self._image_lengths[image.sha256] = length
+        placeholder = image_placeholder(image)
+        self._images[placeholder] = image
+        return [placeholder] * length
+
+    def _evaluate_images(self, tokens: list[int]) -> tuple[int, float]:
+        """Bring the KV cache up to the end of the prompt's last image, encoding only the images it
+        does not hold already; returns how many were encoded and the milliseconds that took.
+
+        llama-cpp-python's own prefix match then finds everything up to there cached and evaluates
+        only the text after it.
+        """
+        llm = self._require()
+        last = max((i for i, t in enumerate(tokens) if t < 0), default=-1)
+        if last < 0:
+            return 0, 0.0
+        assert self.vision is not None
+        end = last + 1
+        start = self.cached_prefix(tokens)
+        # A prefix that ends inside an image is no use: that image is encoded whole again.
+        while 0 < start < len(tokens) and tokens[start - 1] < 0 and tokens[start] == tokens[start - 1]:
+            start -= 1
+        if start >= end:
+            return 0, 0.0
+        llm.n_tokens = start
+        encoded, began = 0, time.perf_counter()
+        position = start
+        while position < end:
+            run_end = position
+            if tokens[position] >= 0:
+                while run_end < end and tokens[run_end] >= 0:
+                    run_end += 1
+                llm.eval(tokens[position:run_end])  # removes what the cache held from here on
+                position = run_end
+                continue
+            image = self._images[tokens[position]]
+            length = self._image_lengths[image.sha256]
+            if length > llm.n_batch:
+                raise MedGemmaError(f"an image takes {length} tokens, more than the batch of {llm.n_batch}: "
+                                    "mtmd evaluates an image in one batch")
+            forget_from(llm, position)
+            after = self.vision.eval_image(image.rgb, position, llm.n_batch)
+            if after != position + length:
+                raise MedGemmaError(f"mtmd placed an image in {after - position} positions, not {length}")
+            llm.input_ids[position:after] = tokens[position:after]
+            llm.n_tokens = position = after
+            encoded += 1
+        self.images_encoded += encoded
+        return encoded, (time.perf_counter() - began) * 1000
 
     def cached_prefix(self, tokens: list[int]) -> int:
         """How many leading tokens of `tokens` are already in the KV cache."""
@@ -236,12 +326,13 @@ class Engine:
             raise MedGemmaError(f"the prompt has {len(tokens)} tokens; the context holds {llm.n_ctx()}")
         max_tokens = max(0, min(settings.max_tokens, llm.n_ctx() - len(tokens)))
         reused = self.cached_prefix(tokens)
+        start = time.perf_counter()
+        images_encoded, image_ms = self._evaluate_images(tokens)
         if settings.seed is not None:
             llm.set_seed(settings.seed)
         vocab = llama_cpp.llama_model_get_vocab(llm.model)
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         stop_text = StopText(settings.stop)
-        start = time.perf_counter()
         first_at: float | None = None
         last_at = start
         generated = 0
@@ -285,4 +376,5 @@ class Engine:
             decode_time = last_at - (first_at or last_at)
             # The first token's time is the prompt's; decode speed counts the tokens after it.
             speed = (received - 1) / decode_time if received > 1 and decode_time > 0 else 0.0
-            self.last_stats = GenerationStats(len(tokens), reused, generated, ttft, speed, finish)
+            self.last_stats = GenerationStats(len(tokens), reused, generated, ttft, speed, finish,
+                                              images_encoded, round(image_ms, 1))

@@ -18,13 +18,14 @@ from medgemma_models.catalog import Preset
 from medgemma_models.errors import MedGemmaError
 from medgemma_models.files import sha256_file
 from medgemma_models.gguf_info import ModelInfo, read_model_info
+from medgemma_models.mmproj_pair import check_pair
 from medgemma_models.prompt import Prompt
 from medgemma_models.reasoning import ReasoningSplitter, Segment
 from medgemma_models.store import default_model
 
 from .adapter_files import AdapterFile, check_fits, read_adapter
 from .answer import AnswerStats, GenerationStats, LoadCancelledError, OffloadReport
-from .conversation import ChatMessage, build_prompt
+from .conversation import ChatMessage, ImageLoader, build_prompt
 from .events import AnswerPiece, Failed, Finished, PromptPlanned, ReasoningPiece, RuntimeEvent
 from .settings import GenerationSettings, LoadOptions
 
@@ -47,6 +48,8 @@ class EngineLike(Protocol):
              progress: Callable[[float], bool] | None = None) -> OffloadReport: ...
 
     def set_adapters(self, adapters: Sequence[AdapterUse]) -> None: ...
+
+    def set_vision(self, mmproj: Path | None) -> None: ...
 
     def tokenize(self, prompt: Prompt) -> list[int]: ...
 
@@ -71,6 +74,7 @@ class ModelRequest:
     base: Path | None  # None: the embedded default model, assembled into the store on first use
     adapters: tuple[AdapterUse, ...] = ()
     options: LoadOptions = LoadOptions()
+    mmproj: Path | None = None  # the vision projector that lets the model see images
 
 
 @dataclass(frozen=True)
@@ -84,6 +88,11 @@ class Loaded:
     sha256: str  # of the model file, for chats and exports
     adapters: tuple[AdapterFile, ...] = ()  # attached on top of `path`, in the request's order
     adapter_sha256: tuple[str, ...] = ()  # of each adapter file
+    mmproj: Path | None = None  # the vision projector loaded with it: the model takes images
+
+    @property
+    def vision(self) -> bool:
+        return self.mmproj is not None
 
 
 class LoadFailed(MedGemmaError):
@@ -104,6 +113,7 @@ class GenerationRequest:
     system: str | None
     think: bool
     send_reasoning_back: bool
+    load_image: ImageLoader | None = None  # the pixels of the messages' images, by sha256
 
 
 def open_model(factory: Callable[[], EngineLike], request: ModelRequest,
@@ -125,11 +135,18 @@ def open_model(factory: Callable[[], EngineLike], request: ModelRequest,
         raise LoadFailed(CANNOT_OPEN,
                          f"{path.name} is a {info.architecture} model; MedGemma Edge runs Gemma 2 and Gemma 3 models.")
     adapters = check_adapters(request.adapters, path)
+    if request.mmproj is not None:
+        try:
+            check_pair(info, read_model_info(request.mmproj))
+        except MedGemmaError as exc:
+            raise LoadFailed(CANNOT_OPEN, str(exc)) from exc
     engine = factory()
     try:
         report = engine.load(path, request.options, progress=progress)
         if request.adapters:
             engine.set_adapters(request.adapters)
+        if request.mmproj is not None:
+            engine.set_vision(request.mmproj)
     except LoadCancelledError:
         engine.close()
         raise
@@ -144,7 +161,7 @@ def open_model(factory: Callable[[], EngineLike], request: ModelRequest,
     # Hashed here, off the UI thread: exports name the exact file that wrote the answers.
     return engine, Loaded(path=Path(path), info=engine.info, n_ctx=engine.n_ctx, report=report,
                           sha256=sha256_file(path), adapters=adapters,
-                          adapter_sha256=tuple(sha256_file(a.path) for a in adapters))
+                          adapter_sha256=tuple(sha256_file(a.path) for a in adapters), mmproj=request.mmproj)
 
 
 def check_adapters(adapters: Sequence[AdapterUse], base: Path) -> tuple[AdapterFile, ...]:
@@ -177,6 +194,7 @@ def run_generation(engine: EngineLike, request: GenerationRequest, emit: Callabl
             n_ctx=engine.n_ctx,
             max_tokens=request.settings.max_tokens,
             tokenize=engine.tokenize,
+            load_image=request.load_image,
         )
         emit(PromptPlanned(plan))
         # The engine yields one piece per generated token: a token counts as reasoning when it

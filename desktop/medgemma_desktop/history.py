@@ -135,6 +135,14 @@ class Message:
     complete: bool
     meta: dict
 
+    @property
+    def image_ids(self) -> tuple[str, ...]:
+        """The sha256 of each image of the message (`meta["images"]`, written by `images.parts`)."""
+        images = self.meta.get("images")
+        if not isinstance(images, list):
+            return ()
+        return tuple(i["sha256"] for i in images if isinstance(i, dict) and isinstance(i.get("sha256"), str))
+
 
 def _text(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
@@ -545,6 +553,11 @@ class History:
         if not rows:
             raise StoreError(f"message {message_id} does not exist (was its chat deleted?)")
         return self._message(rows[0])
+
+    def image_in_use(self, sha256: str) -> bool:
+        """Whether any message still has the image (its sha256 is in a message's meta)."""
+        rows = self._query("SELECT meta FROM messages WHERE instr(meta, ?) > 0", (sha256,))
+        return any(sha256 in Message(0, 0, "user", "", "", 0, 0, True, _loads(row["meta"])).image_ids for row in rows)
 
     def delete_messages_from(self, message_id: int) -> None:
         """Delete this message and every later one in its chat (regenerate, edit and resend)."""

@@ -9,19 +9,34 @@ can tell its markers from its text any more.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import llama_cpp
 
-from medgemma_models.prompt import Prompt
+from medgemma_models.errors import MedGemmaError
+from medgemma_models.prompt import Prompt, PromptImage
+
+NO_VISION = "this model has no vision projector (mmproj) loaded, so it cannot take images"
 
 
-def tokenize_prompt(llm: llama_cpp.Llama, prompt: Prompt) -> list[int]:
-    """Token ids of `prompt` (which carries its own BOS): markers as control tokens, the rest as text."""
+def tokenize_prompt(llm: llama_cpp.Llama, prompt: Prompt,
+                    image_tokens: Callable[[PromptImage], list[int]] | None = None) -> list[int]:
+    """Token ids of `prompt` (which carries its own BOS): markers as control tokens, the rest as text,
+    and each image as the ids `image_tokens` gives it (the engine's stand-ins for its embeddings)."""
     if not isinstance(prompt, Prompt):
         raise TypeError(f"the engine takes a Prompt or token ids, not {type(prompt).__name__}: "
                         "a string built from a prompt has lost which parts are markers")
     tokens: list[int] = []
     text = ""
     for segment in prompt.segments:
+        if segment.image is not None:
+            if image_tokens is None:
+                raise MedGemmaError(NO_VISION)
+            if text:
+                tokens += llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)
+                text = ""
+            tokens += image_tokens(segment.image)
+            continue
         if not segment.marker:
             text += segment.text  # neighbouring text is tokenized together, exactly as one string would be
             continue

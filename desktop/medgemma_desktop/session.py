@@ -24,6 +24,8 @@ from .answer import AnswerStats
 from .events import AnswerPiece, Failed, Finished, PromptPlanned, ReasoningPiece, RuntimeEvent
 from .generation import GenerationRequest
 from .history import History, HistoryWriteError, Message, ModelRecord, StreamingMessageWriter
+from .images.decode import ImagePart
+from .images.store import ImageStore
 from .settings import ChatSettings, LoadSettings, stored_settings
 
 log = logging.getLogger(__name__)
@@ -126,8 +128,10 @@ class ChatSession:
     """One open chat (or none yet) and at most one answer streaming."""
 
     def __init__(self, history: History, backend: Backend, clock: Callable[[], float] = time.perf_counter,
-                 save_interval: float = SAVE_INTERVAL_S) -> None:
+                 save_interval: float = SAVE_INTERVAL_S, images: ImageStore | None = None) -> None:
         self.history = history
+        self.images = images if images is not None else ImageStore()
+        self.vision = False  # whether the model in use takes images (it has an mmproj)
         self.backend = backend
         self.clock = clock
         self.save_interval = save_interval
@@ -153,10 +157,12 @@ class ChatSession:
         return self.answer is not None
 
     def use_model(self, info: ModelInfo, sha256: str, title: str | None = None,
-                  adapters: Sequence[dict[str, Any]] = ()) -> None:
-        """The model answers come from; `title` and `adapters` (their records) for a base with adapters."""
+                  adapters: Sequence[dict[str, Any]] = (), vision: bool = False) -> None:
+        """The model answers come from; `title` and `adapters` (their records) for a base with adapters;
+        `vision` when it was loaded with an mmproj and takes images."""
         self.model, self.model_sha256 = info, sha256
         self.model_title, self.model_adapters = title, list(adapters)
+        self.vision = vision
 
     def use_settings(self, chat: ChatSettings, load: LoadSettings) -> None:
         self.settings, self.load_settings = chat, load
@@ -198,7 +204,11 @@ class ChatSession:
         if self.answer is not None and self.answer.chat_id == chat_id:
             self.answer.discarded = True
             self.backend.stop()
+        images = {sha for message in self.history.messages(chat_id) for sha in message.image_ids}
         self.history.delete_chat(chat_id)
+        for sha256 in images:  # the files go with the chat, unless another chat holds the same image
+            if not self.history.image_in_use(sha256):
+                self.images.delete(sha256)
         if self.chat_id == chat_id:
             self._leave_answer()
             self.chat_id = None
@@ -213,13 +223,16 @@ class ChatSession:
 
     # -- sending --------------------------------------------------------------------------------
 
-    def send(self, text: str, meta: dict[str, Any] | None = None) -> bool:
-        """Save the user's message and ask for an answer; with an edit under way, replace the last question.
+    def send(self, text: str, images: Sequence[ImagePart] = (), meta: dict[str, Any] | None = None) -> bool:
+        """Save the user's message (with its images, stored already) and ask for an answer; with an edit
+        under way, replace the last question. Images on a model that cannot see raise MedGemmaError.
 
         `meta` is kept with the message (e.g. the passages found for it: conversation.user_turn_text)."""
         text = text.strip()
         if not text or not self.can_send():
             return False
+        if images and not self.vision:
+            raise MedGemmaError("this model cannot see images: load it with its vision projector (an mmproj file)")
         assert self.model is not None
         if self.editing_id is not None:
             self.history.delete_messages_from(self.editing_id)
@@ -228,6 +241,7 @@ class ChatSession:
         if self.chat_id is None:
             self.chat_id = self.history.create_chat(chat_title(text), model=self._model_record(),
                                                     settings=stored_settings(self.settings, self.load_settings))
+        meta = {**(meta or {}), **({"images": [image.to_dict() for image in images]} if images else {})} or None
         message_id = self.history.add_message(self.chat_id, "user", text, meta=meta)
         self.listener.message_shown(self.history.message(message_id), "You")
         self._generate()
@@ -244,11 +258,18 @@ class ChatSession:
         return True
 
     def start_edit(self, message_id: int) -> str | None:
-        """Edit the last question: returns its text; the next send replaces it and what followed."""
+        """Edit the last question: returns its text; the next send replaces it and what followed
+        (its images are `editing_images()`, to send again)."""
         if self.answer is not None:
             return None
         self.editing_id = message_id
         return self.history.message(message_id).text
+
+    def editing_images(self) -> list[ImagePart]:
+        if self.editing_id is None:
+            return []
+        parts = self.history.message(self.editing_id).meta.get("images") or []
+        return [part for part in (ImagePart.from_dict(p) for p in parts) if part is not None]
 
     def cancel_edit(self) -> None:
         self.editing_id = None
@@ -281,6 +302,7 @@ class ChatSession:
             system=settings.system_prompt(),
             think=settings.think_enabled,
             send_reasoning_back=settings.send_reasoning_back_enabled,
+            load_image=self.images.pixels,
         ))
 
     # -- the answer as it arrives ---------------------------------------------------------------

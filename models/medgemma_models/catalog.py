@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
+from .errors import MedGemmaError
 from .prompt import THINK_OFF_PREFIX, Prompt, Turn, format_chat, format_completion
 from .provenance import Provenance
 
@@ -65,8 +66,11 @@ class Preset:
         if self.format == "completion":
             # A completion adapter was trained on single cases: only the newest user text counts.
             assert self.completion_template is not None
+            if any(t.images for t in turns):
+                raise MedGemmaError(f"the preset {self.name!r} is a completion template for text: it has no place for images")
             return format_completion(self.completion_template, symptoms=turns[-1].text)
-        wrapped = [Turn(t.role, self.user_template.format(text=t.text)) if t.role == "user" else t for t in turns]
+        wrapped = [Turn(t.role, self.user_template.format(text=t.text), t.images) if t.role == "user" else t
+                   for t in turns]
         prefix = THINK_OFF_PREFIX if self.reasoning and not think else ""
         return format_chat(wrapped, system=self.system_text(system, think), generation_prefix=prefix)
 

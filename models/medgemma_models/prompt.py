@@ -7,13 +7,20 @@ earlier answers, a document's passages) must be tokenized as text: a user who ty
 
 A `Prompt` is deliberately not a `str`: a string made from one (a concatenation, a format) has
 lost which parts are markers, so the engine refuses strings and takes only a `Prompt` or token ids.
+
+An image is a segment of its own (`PromptSegment.image`), placed as Gemma 3's processor places it:
+"\n\n" before and after, where llama.cpp's mtmd puts <start_of_image>, its embeddings and
+<end_of_image>. Nothing a user types can make one.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from .mtmd_compat import RgbImage
 
 BOS = "<bos>"
 START_OF_TURN = "<start_of_turn>"
@@ -25,12 +32,25 @@ THINK_OFF_PREFIX = THINK_OPEN + THINK_CLOSE
 MARKERS = (BOS, START_OF_TURN, END_OF_TURN)
 
 
+IMAGE_PLACEHOLDER = "[image]"  # how an image segment reads in `Prompt.text`
+
+
+@dataclass(frozen=True)
+class PromptImage:
+    """An image of a message: its pixels, and the sha256 of its stored file (which names it in the KV cache)."""
+
+    sha256: str
+    rgb: RgbImage
+
+
 @dataclass(frozen=True)
 class PromptSegment:
-    """A run of prompt text: `marker` for one of `MARKERS` written by the formatter, else literal text."""
+    """A run of prompt text: `marker` for one of `MARKERS` written by the formatter, else literal text;
+    or, with `image`, one image (its `text` is only for reading)."""
 
     text: str
     marker: bool = False
+    image: PromptImage | None = None
 
 
 @dataclass(frozen=True)
@@ -47,6 +67,10 @@ class Prompt:
         """The prompt as one string, markers spelled out: what a person reads, never what is tokenized."""
         return "".join(segment.text for segment in self.segments)
 
+    @property
+    def images(self) -> tuple[PromptImage, ...]:
+        return tuple(segment.image for segment in self.segments if segment.image is not None)
+
 
 def _marker(text: str) -> PromptSegment:
     return PromptSegment(text, marker=True)
@@ -56,6 +80,8 @@ def _marker(text: str) -> PromptSegment:
 class Turn:
     role: Literal["user", "model"]
     text: str
+    images: tuple[PromptImage, ...] = ()  # a user turn's images, shown to the model before its text
+    preamble: str = ""  # the system text folded into the first user turn: before its images
 
 
 def fold_system(turns: Sequence[Turn], system: str | None) -> list[Turn]:
@@ -65,7 +91,7 @@ def fold_system(turns: Sequence[Turn], system: str | None) -> list[Turn]:
         return turns
     if not turns or turns[0].role != "user":
         raise ValueError("a chat must start with a user turn")
-    return [Turn("user", f"{system}\n\n{turns[0].text}"), *turns[1:]]
+    return [Turn("user", turns[0].text, turns[0].images, f"{system}\n\n"), *turns[1:]]
 
 
 def format_chat(
@@ -83,8 +109,10 @@ def format_chat(
     for turn in fold_system(turns, system):
         if turn.role not in ("user", "model"):
             raise ValueError(f"unknown role {turn.role!r}: Gemma knows 'user' and 'model'")
-        segments += [_marker(START_OF_TURN), PromptSegment(f"{turn.role}\n{turn.text}"), _marker(END_OF_TURN),
-                     PromptSegment("\n")]
+        segments += [_marker(START_OF_TURN), PromptSegment(f"{turn.role}\n{turn.preamble}")]
+        for image in turn.images:
+            segments += [PromptSegment("\n\n"), PromptSegment(IMAGE_PLACEHOLDER, image=image), PromptSegment("\n\n")]
+        segments += [PromptSegment(turn.text), _marker(END_OF_TURN), PromptSegment("\n")]
     if add_generation_prompt:
         segments += [_marker(START_OF_TURN), PromptSegment(f"model\n{generation_prefix}")]
     return Prompt(segments)

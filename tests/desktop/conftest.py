@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -57,3 +58,27 @@ def make_window(qtbot: Any, history: History, gemma_270m: Path) -> Iterator[Wind
         window.shutdown()
 
 
+
+
+@dataclass(frozen=True)
+class VisionPair:
+    """The tiny random multimodal Gemma 3 converted as users get MedGemma: a text GGUF and its mmproj beside it."""
+
+    model: Path
+    mmproj: Path
+
+
+@pytest.fixture(scope="session")
+def vision_pair(tmp_path_factory: pytest.TempPathFactory) -> VisionPair:
+    """Built once a session (seconds): the converter's own tiny fixture, converted by the converter."""
+    from medgemma_convert.cli import main as convert
+    from tests.support.tiny import train_tokenizer
+    from tests.support.tiny_vision import IMAGE_TOKENS, make_multimodal_model
+
+    root = tmp_path_factory.mktemp("vision-pair")
+    train_tokenizer(root / "tokenizer", IMAGE_TOKENS)
+    base = make_multimodal_model(root / "gemma3-mm", root / "tokenizer", seed=40)
+    out = root / "models" / "tiny-vision.gguf"
+    out.parent.mkdir()
+    assert convert(["--base", str(base), "--out", str(out), "--no-verify", "--progress", "none"]) == 0
+    return VisionPair(out, out.with_name("mmproj-tiny-vision.gguf"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ class Msg:
     role: str
     text: str
     reasoning: str = ""
+    image_ids: tuple[str, ...] = ()
 
 
 def words(prompt: Prompt) -> list[str]:
@@ -260,3 +262,48 @@ def engine_tokens(model: Path, text: str) -> list[int]:
 
     vocab = llama_cpp.Llama(model_path=str(model), vocab_only=True, verbose=False)
     return vocab.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+
+
+IMAGE_TOKENS = 256  # MedGemma 4B's
+
+
+def words_and_images(prompt: Prompt) -> list[str]:
+    """A stand-in tokenizer: a token per word, and an image's 256 positions."""
+    return [word for segment in prompt.segments
+            for word in ([segment.image.sha256] * IMAGE_TOKENS if segment.image else segment.text.split())]
+
+
+def test_images_of_earlier_messages_are_left_out_oldest_first_before_any_turn():
+    from medgemma_models.mtmd_compat import RgbImage
+
+    def image_id(n: int) -> str:
+        return f"{n:064x}"
+
+    messages = []
+    for n in range(1, 4):
+        messages += [Msg("user", f"question {n}", image_ids=(image_id(n),)), Msg("model", f"answer {n}")]
+    messages.append(Msg("user", "last question", image_ids=(image_id(9),)))
+    plan_for = functools.partial(build_prompt, get_preset("gemma-chat"), messages, system=None, think=False,
+                                 send_reasoning_back=False, max_tokens=16, tokenize=words_and_images,
+                                 load_image=lambda sha: RgbImage(1, 1, b"\0\0\0"))
+    full = plan_for(n_ctx=4096)
+    assert (full.images, full.dropped_images) == (4, 0)
+    plan = plan_for(n_ctx=full.prompt_tokens + 16 - IMAGE_TOKENS)  # room for all but one image and a note
+    assert (plan.dropped_images, plan.dropped_turns, plan.images) == (2, 0, 2)
+    assert [image.sha256 for image in plan.prompt.images] == [image_id(3), image_id(9)]
+    assert plan.prompt.text.count("[image left out: the context is full]") == 2
+    # With no room for any earlier image, pairs go next; the new message keeps its own image.
+    tight = plan_for(n_ctx=IMAGE_TOKENS + 16 + 40)
+    assert tight.dropped_turns > 0 and image_id(9) in [image.sha256 for image in tight.prompt.images]
+
+
+def test_a_missing_image_file_is_named_in_the_prompt_and_the_rest_goes_on():
+    from medgemma_desktop.conversation import ImageMissingError
+
+    def gone(sha256: str):
+        raise ImageMissingError(sha256)
+
+    plan = build_prompt(get_preset("gemma-chat"), [Msg("user", "What is this?", image_ids=("a" * 64,))], system=None,
+                        think=False, send_reasoning_back=False, n_ctx=4096, max_tokens=16, tokenize=words,
+                        load_image=gone)
+    assert plan.images == 0 and "[image missing]\n\nWhat is this?" in plan.prompt.text

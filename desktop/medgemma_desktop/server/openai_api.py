@@ -44,6 +44,7 @@ class ApiMessage:
     role: str  # "user" or "model"
     text: str
     reasoning: str = ""
+    image_ids: tuple[str, ...] = ()  # sha256 of each image part, decoded into `ChatRequest.images`
 
 
 @dataclass(frozen=True)
