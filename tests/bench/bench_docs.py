@@ -3,7 +3,7 @@
     .venv/bin/python -m tests.bench.bench_docs [--pages 1000] [--chunks 10000] [--queries 300] [--json]
 
 - indexing pages/s over pypdf's bare extraction of the same PDFs (same library, same files, the
-  file cache warm for both). Target >= 0.8.
+  file cache warm for both; the faster of a bare run before and one after). Target >= 0.8.
 - query latency p95 over a collection of `--chunks` passages, through `Collections.search`
   (what the window and `--ask --docs` call). Target <= 50 ms.
 - re-indexing the unchanged PDF folder over its first index time. Target <= 0.05.
@@ -93,6 +93,10 @@ def main() -> None:
             start = time.perf_counter()
             report = collection.index([pdfs])
             index_s = time.perf_counter() - start
+            # Bare extraction again, after: on a shared machine the faster of the two is the fair reference.
+            start = time.perf_counter()
+            bare_extraction(files)
+            bare_s = min(bare_s, time.perf_counter() - start)
             assert report.pages == pages and not report.skipped, report.skipped
             start = time.perf_counter()
             again = collection.index()
