@@ -159,6 +159,7 @@ def test_bad_inputs_are_skipped_with_a_reason_and_the_rest_is_indexed(docs: Path
     bad = docs / "bad"
     bad.mkdir()
     write_encrypted_pdf(bad / "locked.pdf", docs / "guide.pdf")
+    write_encrypted_pdf(docs / "print-only.pdf", docs / "guide.pdf", password="")  # no password to open: read
     write_malformed_pdf(bad / "broken.pdf")
     write_scanned_pdf(bad / "scan.pdf")
     (bad / "latin1.txt").write_bytes("Posologie: 1 comprimé".encode("latin-1"))
@@ -180,7 +181,7 @@ def test_bad_inputs_are_skipped_with_a_reason_and_the_rest_is_indexed(docs: Path
     assert "symbolic links" in reasons["self.pdf"] and "not followed" in reasons["loop"]
     if os.geteuid() != 0:  # root reads any file
         assert "permission denied" in reasons["private.txt"].lower()
-    assert sorted(Path(p).name for p in report.indexed) == ["formulary.txt", "guide.pdf", "notes.md"] + (
+    assert sorted(Path(p).name for p in report.indexed) == ["formulary.txt", "guide.pdf", "notes.md", "print-only.pdf"] + (
         ["private.txt"] if os.geteuid() == 0 else [])
     assert where(collections.search(["Guidelines"], "metformin"))[0] == ("guide.pdf", 3)
     # An unchanged bad file is remembered, not read again, and still reported.
