@@ -24,11 +24,11 @@ from pathlib import Path
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
-from PySide6.QtGui import QGuiApplication  # noqa: E402
+from PySide6.QtGui import QGuiApplication
 
-from medgemma_desktop.documents.collection import Collection  # noqa: E402
-from medgemma_desktop.documents.collections import Collections  # noqa: E402
-from tests.support.document_files import write_pdf  # noqa: E402
+from medgemma_desktop.documents.collection import Collection
+from medgemma_desktop.documents.collections import Collections
+from tests.support.document_files import write_pdf
 
 WORDS = """
 patient adult child dose daily weekly tablet injection infusion renal hepatic cardiac pulmonary

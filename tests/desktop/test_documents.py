@@ -371,7 +371,7 @@ def engine(gemma_270m: Path) -> Iterator[Engine]:
     engine.close()
 
 
-def user(id: int, text: str, meta: dict | None = None) -> Message:  # noqa: A002 - the field's name
+def user(id: int, text: str, meta: dict | None = None) -> Message:
     return Message(id, 1, "user", text, "", 0.0, 0.0, True, meta or {})
 
 

@@ -16,8 +16,8 @@ from PySide6.QtGui import QColor, QPageSize, QPainter, QPdfWriter, QTextDocument
 GUIDE_PAGES = (
     "Hypertension in adults. Measure blood pressure in both arms and confirm with ambulatory monitoring.",
     "Asthma. A short-acting bronchodilator inhaler relieves symptoms; inhaled corticosteroids prevent attacks.",
-    "Type 2 Diabetes. Metformin is the first-line drug for adults with type 2 diabetes, started at 500 mg "
-    "once daily with food and increased slowly to limit stomach upset.",
+    ("Type 2 Diabetes. Metformin is the first-line drug for adults with type 2 diabetes, started at 500 mg "
+     "once daily with food and increased slowly to limit stomach upset."),
     "Chronic kidney disease. Check the eGFR and albumin to creatinine ratio every year.",
 )
 
