@@ -23,7 +23,7 @@ from medgemma_models.errors import MedGemmaError
 from .answer import AnswerStats
 from .documents.chunking import estimate_tokens
 from .documents.collection import Collection, Skipped
-from .documents.passages import PASSAGES_META, citations, document_budget, find_passages, passages_block
+from .documents.passages import CITATIONS_META, document_budget, find_passages, question_meta
 from .engine import Engine
 from .events import Finished, LoadCancelled, LoadError, ModelReady, PromptPlanned, RuntimeEvent
 from .generation import AdapterUse, EngineLike, Loaded, LoadFailed, ModelRequest
@@ -60,8 +60,8 @@ class AskResult:
     think: bool  # whether the prompt asked for reasoning (only presets that reason can)
     prompt: str  # the text the engine was given
     emergency_notice: dict[str, Any] | None = None  # the red-flag notice (medgemma_models.emergency), None when none
-    # With documents: the passages the prompt quoted, [1] first ({"source", "page" from 1, "snippet", "score"}),
-    # and the files not indexed ({"source", "reason"}).
+    # With documents: the passages the prompt quoted, [1] first ({"source", "page" from 1, "snippet", "score",
+    # and "number", "path", "collection": documents.passages.Citation}), and the files not indexed ({"source", "reason"}).
     citations: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     skipped: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     images: dict[str, int] = dataclasses.field(default_factory=lambda: {"count": 0, "tokens": 0})
@@ -211,9 +211,8 @@ class Asker:
             # thread, and the budget's other half leaves room for an estimate that is a little short.
             chosen = find_passages(self.documents.search, [question],
                                    document_budget(self.n_ctx, settings.max_tokens), estimate_tokens)
-            meta = {PASSAGES_META: passages_block(chosen)}
-            cited = [{"source": c.source, "page": c.page, "snippet": c.snippet, "score": c.score, "path": c.path}
-                     for c in citations(chosen)]
+            meta = question_meta(chosen)
+            cited = meta[CITATIONS_META]
         self.session.send(question, parts, meta)  # the backend waits: the answer is complete when this returns
         if collector.stats is None or self.recorder.plan is None:
             raise AskFailed(f"the answer failed: {collector.failure or 'no answer'}")

@@ -52,7 +52,8 @@ def run_ask(*args: str) -> subprocess.CompletedProcess[str]:
 def test_the_answer_cites_the_file_and_page(asker: Asker, docs: Path, medgemma_home: Path) -> None:
     result = asker.ask(QUESTION, think=False, documents=[docs], **GREEDY)
     first = result.citations[0]
-    assert (first["source"], first["page"]) == ("guide.pdf", 3) and first["score"] > 0
+    assert (first["source"], first["page"], first["number"]) == ("guide.pdf", 3, 1) and first["score"] > 0
+    assert first["path"] == str(docs / "guide.pdf")
     assert "**Diabetes**" in first["snippet"] and "**first**-**line**" in first["snippet"]  # "diabetic" matched
     assert [Path(item["source"]).name for item in result.skipped] == ["broken.pdf"]
     assert result.skipped[0]["reason"].startswith("not a readable PDF")

@@ -22,6 +22,7 @@ from medgemma_desktop.documents.chunking import chunk_pages, estimate_tokens
 from medgemma_desktop.documents.collection import Collection, IndexProgress, match_query
 from medgemma_desktop.documents.collections import Collections
 from medgemma_desktop.documents.passages import (
+    CITATIONS_META,
     NOTHING_FOUND,
     PASSAGES_META,
     Citation,
@@ -31,6 +32,7 @@ from medgemma_desktop.documents.passages import (
     document_budget,
     find_passages,
     passages_block,
+    question_meta,
     search_text,
 )
 from medgemma_desktop.documents.readers import NO_TEXT, Unreadable, read_pages
@@ -346,6 +348,7 @@ def test_passages_fit_the_budget_and_cite_their_page(docs: Path, collections: Co
     assert [c.number for c in cited] == list(range(1, len(chosen) + 1)) and cited[0].source == "guide.pdf"
     stored = [c.to_dict() for c in cited]
     assert [Citation.from_dict(item) for item in stored] == cited and Citation.from_dict({"page": "x"}) is None
+    assert question_meta(chosen) == {PASSAGES_META: block, CITATIONS_META: stored}
     assert citations_text(stored).startswith(f"[1] guide.pdf, page {cited[0].page} — “")
     assert search_text(["What dose of metformin?", "and in children?"]) == "What dose of metformin? and in children?"
     assert search_text(["What dose of metformin for adults?"]) == "What dose of metformin for adults?"

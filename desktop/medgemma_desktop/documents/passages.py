@@ -130,6 +130,12 @@ def citations(chosen: Sequence[Hit]) -> list[Citation]:
                      hit.collection) for number, hit in enumerate(chosen, start=1)]
 
 
+def question_meta(chosen: Sequence[Hit]) -> dict[str, Any]:
+    """What a question's message keeps: the block its turn opens with, and the citations of the
+    answers to it (a regenerated answer has the same sources, since its prompt is the same)."""
+    return {PASSAGES_META: passages_block(chosen), CITATIONS_META: [c.to_dict() for c in citations(chosen)]}
+
+
 def citations_text(stored: Any) -> str:
     """The sources under an answer, as plain text: `[1] guide.pdf, page 3 — “…snippet…”` a line."""
     if not isinstance(stored, list):
