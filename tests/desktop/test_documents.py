@@ -6,6 +6,7 @@ the test's own data folder, a real child process killed with SIGKILL.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import stat
@@ -35,7 +36,7 @@ from medgemma_desktop.documents.passages import (
     question_meta,
     search_text,
 )
-from medgemma_desktop.documents.readers import NO_TEXT, Unreadable, read_pages
+from medgemma_desktop.documents.readers import NO_TEXT, PERMISSION_DENIED, Unreadable, read_pages
 from medgemma_desktop.engine import Engine
 from medgemma_desktop.history import Message
 from medgemma_desktop.settings import LoadOptions
@@ -190,6 +191,45 @@ def test_bad_inputs_are_skipped_with_a_reason_and_the_rest_is_indexed(docs: Path
     again = collections.get("Guidelines").index()
     assert {Path(item.source).name for item in again.skipped} >= {"locked.pdf", "broken.pdf", "scan.pdf", "latin1.txt"}
     assert again.indexed == []
+
+
+AS_NOBODY = """
+import encodings.utf_8_sig, json, os, sys  # codecs load lazily: before nobody cannot
+from pathlib import Path
+from medgemma_desktop.documents.collection import Collection  # before: nobody may not read the installed code
+
+os.setgid(65534)
+os.setuid(65534)  # root reads any file: a user who cannot read one is needed
+
+with Collection(Path(sys.argv[1]), "Mine") as collection:
+    report = collection.index([Path(sys.argv[2])])
+print(json.dumps({"indexed": report.indexed, "skipped": [[s.source, s.reason] for s in report.skipped]}))
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="drops to the user nobody, which only root can do")
+def test_a_file_its_user_cannot_read_is_skipped(tmp_path: Path) -> None:
+    """As root (this machine's tests): a child that becomes `nobody` indexes a folder with one file it may not read."""
+    import tempfile
+
+    shared = Path(tempfile.mkdtemp(prefix="medgemma-perm-"))  # outside the test's 0700 folders
+    try:
+        shared.chmod(0o777)
+        (shared / "open.md").write_text("Ramipril 2.5 mg daily.", encoding="utf-8")
+        (shared / "open.md").chmod(0o644)
+        (shared / "closed.md").write_text("Secret dose: 7 mg of zolpidem.", encoding="utf-8")
+        (shared / "closed.md").chmod(0o600)  # root's, unreadable for nobody
+        env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+        result = subprocess.run([sys.executable, "-c", AS_NOBODY, str(shared / "index.sqlite3"), str(shared)],
+                                capture_output=True, text=True, timeout=120, check=False, env=env)
+        assert result.returncode == 0, result.stderr
+        report = json.loads(result.stdout)
+        assert [Path(p).name for p in report["indexed"]] == ["open.md"]
+        assert [(Path(s).name, r) for s, r in report["skipped"]] == [("closed.md", PERMISSION_DENIED)]
+    finally:
+        for path in shared.iterdir():
+            path.unlink()
+        shared.rmdir()
 
 
 def test_a_file_that_vanishes_mid_index_is_skipped(docs: Path, collections: Collections) -> None:

@@ -32,7 +32,7 @@ from medgemma_models.errors import StoreError
 from medgemma_models.files import PRIVATE_FILE_MODE, make_private, sha256_file
 
 from .chunking import CountTokens, chunk_pages
-from .readers import SUFFIXES, IndexingCancelled, Unreadable, check_size, read_pages
+from .readers import PERMISSION_DENIED, SUFFIXES, IndexingCancelled, Unreadable, check_size, read_pages
 
 log = logging.getLogger(__name__)
 
@@ -313,8 +313,12 @@ class Collection:
             self._record_skip(name, path, known, str(exc))
             return
         except OSError as exc:
-            reason = "the file vanished while it was being indexed" if isinstance(exc, FileNotFoundError) else (
-                f"cannot be read: {exc.strerror or exc}")
+            if isinstance(exc, FileNotFoundError):
+                reason = "the file vanished while it was being indexed"
+            elif isinstance(exc, PermissionError):
+                reason = PERMISSION_DENIED
+            else:
+                reason = f"cannot be read: {exc.strerror or exc}"
             report.skipped.append(Skipped(name, reason))
             return
         chunks = list(chunk_pages(pages, count_tokens))

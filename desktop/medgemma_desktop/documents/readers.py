@@ -23,6 +23,7 @@ SUFFIXES = (".pdf", ".txt", ".md")
 # A bigger file is almost surely not a guideline; reading it would hold the indexer for minutes.
 MAX_FILE_BYTES = 256 * 1024 * 1024
 NO_TEXT = "no text: scanned pages need OCR, which this app does not do"
+PERMISSION_DENIED = "permission denied: the file cannot be read"
 # Typeset text (PDFs above all) spells "first" with the one-glyph ligature "ﬁ"; the index's tokenizer
 # keeps it, so "first" would not find "ﬁrst". The ligatures (U+FB00–FB06) become their letters.
 _LIGATURE = re.compile("[\ufb00-\ufb06]")
@@ -60,7 +61,7 @@ def read_pages(path: Path, on_page: Callable[[], None] | None = None) -> list[st
     except FileNotFoundError:
         raise Unreadable("the file vanished while it was being indexed") from None
     except PermissionError:
-        raise Unreadable("permission denied: the file cannot be read") from None
+        raise Unreadable(PERMISSION_DENIED) from None
     except IsADirectoryError:
         raise Unreadable("a folder, not a file") from None
     except OSError as exc:
