@@ -68,6 +68,9 @@ def test_the_answer_cites_the_file_and_page(asker: Asker, docs: Path, medgemma_h
     assert HEADER not in plain.prompt and plain.citations == [] and plain.skipped == []
     uncovered = asker.ask("How is a fractured wrist splinted?", think=False, documents=[docs / "gout.md"], **GREEDY)
     assert NOTHING_FOUND in uncovered.prompt and uncovered.citations == [] and uncovered.skipped == []
+    missing = asker.ask("Allopurinol?", think=False, documents=[docs / "gout.md", docs / "gone"], **GREEDY)
+    assert [c["source"] for c in missing.citations] == ["gout.md"]
+    assert missing.skipped == [{"source": str(docs / "gone"), "reason": "not found (moved or deleted?)"}]
 
 
 def test_cli_json_has_citations_and_skipped(gemma_270m: Path, docs: Path, medgemma_home: Path) -> None:
