@@ -35,7 +35,6 @@ from .resolve import resolve
 from .runtime import Runtime, RuntimeBackend
 from .session import ChatSession, SessionListener
 from .settings import ChatSettings, LoadSettings
-from .vision_files import find_mmproj
 
 
 class AskFailed(MedGemmaError):
@@ -143,8 +142,6 @@ class Asker:
                 request = ModelRequest(path, chosen, load.options())
             else:
                 request = resolve(model, tuple(adapters or ()), options=load.options())
-            if mmproj is None and request.base is not None:
-                mmproj = find_mmproj(request.base)
             request = dataclasses.replace(request, mmproj=mmproj)
             self.load_settings = load
             self.library.begin_load(request.base, request.adapters)

@@ -56,8 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="with --ask: an image the question is about: PNG, JPEG, WebP or DICOM (repeatable); "
                         "the model needs its vision projector")
     parser.add_argument("--mmproj", metavar="FILE", type=Path,
-                        help="with --ask or --serve: the model's vision projector (default: the mmproj-*.gguf beside "
-                        "--model that fits it)")
+                        help="with --ask: the model's vision projector (default, and always for --serve and the "
+                        "window: the mmproj-*.gguf beside the model that fits it)")
     parser.add_argument("--docs", metavar="PATH", type=Path, action="append", default=[],
                         help="with --ask: answer from this file or folder (.pdf, .txt, .md; repeatable), "
                         "indexed in a temporary folder, and list the sources")
@@ -103,8 +103,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--adapter goes with --ask or --serve")
     if args.image and args.ask is None:
         parser.error("--image goes with --ask")
-    if args.mmproj and args.ask is None and not args.serve:
-        parser.error("--mmproj goes with --ask or --serve")
+    if args.mmproj and args.ask is None:
+        parser.error("--mmproj goes with --ask (the server and the window use the mmproj-*.gguf beside the model)")
     if args.docs and args.ask is None:
         parser.error("--docs goes with --ask")
     # The app is offline by design: nothing may reach for a model hub behind our back.

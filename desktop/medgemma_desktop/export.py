@@ -12,7 +12,9 @@ from typing import Any, Literal
 
 from medgemma_models.files import atomic_output
 
+from .conversation import ImageMissingError
 from .history import ChatSummary, History, Message, ModelRecord
+from .images.store import ImageStore
 
 FORMATS = ("markdown", "json")
 EXPORT_VERSION = 1
@@ -43,8 +45,14 @@ def _model_lines(model: ModelRecord) -> list[str]:
     return [f"- **{label}:** `{value}`" if label == "SHA-256" else f"- **{label}:** {value}" for label, value in rows if value]
 
 
-def chat_to_markdown(summary: ChatSummary, messages: Sequence[Message], model: ModelRecord, settings: dict) -> str:
-    """A readable document: title, model, settings, then each message; reasoning labelled as such."""
+def image_file_name(sha256: str) -> str:
+    return f"{sha256[:16]}.png"
+
+
+def chat_to_markdown(summary: ChatSummary, messages: Sequence[Message], model: ModelRecord, settings: dict,
+                     image_folder: str = "images") -> str:
+    """A readable document: title, model, settings, then each message; reasoning labelled as such.
+    A message's images are linked from `image_folder` (relative to the document), where `export_chat` writes them."""
     out = [
         f"# {summary.title}",
         "",
@@ -69,6 +77,10 @@ def chat_to_markdown(summary: ChatSummary, messages: Sequence[Message], model: M
         if notice:  # the red-flag notice, set apart as a quote above the model's text
             crisis = f" Crisis line: {notice['crisis_line']}" if notice.get("crisis_line") else ""
             out += [f"> **{notice['text']}** (red flag: {notice['red_flag']}, \"{notice['matched_phrase']}\"){crisis}", ""]
+        for part in message.meta.get("images") or [] if isinstance(message.meta, dict) else []:
+            facts = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in sorted((part.get("facts") or {}).items()))
+            label = f"{part.get('kind', 'image')} image" + (f" ({facts})" if facts else "")
+            out += [f"![{label}]({image_folder}/{image_file_name(str(part.get('sha256', '')))})", ""]
         if message.reasoning:
             out += [f"**{REASONING_LABEL}:**", "", _quote(message.reasoning), "", "**Answer:**", ""]
         out.append(message.text.strip("\n") if message.text.strip() else "*(no answer text)*")
@@ -107,12 +119,31 @@ def chat_to_json(summary: ChatSummary, messages: Sequence[Message], model: Model
     return json.dumps(document, ensure_ascii=False, indent=2) + "\n"
 
 
-def export_chat(history: History, chat_id: int, path: Path, fmt: Literal["markdown", "json"]) -> None:
-    """Write one chat to `path`; the file appears whole or not at all, replacing any old one."""
+def export_chat(history: History, chat_id: int, path: Path, fmt: Literal["markdown", "json"],
+                images: ImageStore | None = None) -> None:
+    """Write one chat to `path`; the file appears whole or not at all, replacing any old one.
+
+    Markdown writes the chat's images beside it, in `<name>-images/` (an image whose file is gone
+    is left out, and its link says so by being broken); JSON carries each image's sha256, size and kind.
+    """
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}: use one of {', '.join(FORMATS)}")
-    summary = history.chat(chat_id)
-    render = chat_to_markdown if fmt == "markdown" else chat_to_json
-    text = render(summary, history.messages(chat_id), history.chat_model(chat_id), history.chat_settings(chat_id))
-    with atomic_output(Path(path), force=True) as partial:
+    path = Path(path)
+    summary, messages = history.chat(chat_id), history.messages(chat_id)
+    folder = path.with_name(f"{path.stem}-images")
+    if fmt == "markdown":
+        text = chat_to_markdown(summary, messages, history.chat_model(chat_id), history.chat_settings(chat_id),
+                                image_folder=folder.name)
+        store = images if images is not None else ImageStore()
+        for sha256 in {sha for message in messages for sha in message.image_ids}:
+            try:
+                png = store.png(sha256)
+            except ImageMissingError:
+                continue
+            folder.mkdir(exist_ok=True)
+            with atomic_output(folder / image_file_name(sha256), force=True) as partial:
+                partial.write_bytes(png)
+    else:
+        text = chat_to_json(summary, messages, history.chat_model(chat_id), history.chat_settings(chat_id))
+    with atomic_output(path, force=True) as partial:
         partial.write_text(text, encoding="utf-8")

@@ -28,6 +28,7 @@ from .answer import AnswerStats, GenerationStats, LoadCancelledError, OffloadRep
 from .conversation import ChatMessage, ImageLoader, build_prompt
 from .events import AnswerPiece, Failed, Finished, PromptPlanned, ReasoningPiece, RuntimeEvent
 from .settings import GenerationSettings, LoadOptions
+from .vision_files import find_mmproj, is_mmproj
 
 log = logging.getLogger(__name__)
 
@@ -131,22 +132,28 @@ def open_model(factory: Callable[[], EngineLike], request: ModelRequest,
     except Exception as exc:  # a file broken in a way the reader did not foresee
         log.exception("reading the model header failed")
         raise LoadFailed(CANNOT_OPEN, f"{name} is not a readable GGUF file ({type(exc).__name__}: {exc})") from exc
+    if is_mmproj(info):
+        raise LoadFailed(CANNOT_OPEN, f"{path.name} is a vision projector (mmproj), not a model: open the model it "
+                                      "belongs to, with this file beside it")
     if not info.is_gemma:
         raise LoadFailed(CANNOT_OPEN,
                          f"{path.name} is a {info.architecture} model; MedGemma Edge runs Gemma 2 and Gemma 3 models.")
     adapters = check_adapters(request.adapters, path)
-    if request.mmproj is not None:
+    mmproj = request.mmproj
+    if mmproj is not None:
         try:
-            check_pair(info, read_model_info(request.mmproj))
+            check_pair(info, read_model_info(mmproj))
         except MedGemmaError as exc:
             raise LoadFailed(CANNOT_OPEN, str(exc)) from exc
+    elif request.base is not None:
+        mmproj = find_mmproj(path, info)  # the projector shipped beside the model, as LM Studio keeps them
     engine = factory()
     try:
         report = engine.load(path, request.options, progress=progress)
         if request.adapters:
             engine.set_adapters(request.adapters)
-        if request.mmproj is not None:
-            engine.set_vision(request.mmproj)
+        if mmproj is not None:
+            engine.set_vision(mmproj)
     except LoadCancelledError:
         engine.close()
         raise
@@ -161,7 +168,7 @@ def open_model(factory: Callable[[], EngineLike], request: ModelRequest,
     # Hashed here, off the UI thread: exports name the exact file that wrote the answers.
     return engine, Loaded(path=Path(path), info=engine.info, n_ctx=engine.n_ctx, report=report,
                           sha256=sha256_file(path), adapters=adapters,
-                          adapter_sha256=tuple(sha256_file(a.path) for a in adapters), mmproj=request.mmproj)
+                          adapter_sha256=tuple(sha256_file(a.path) for a in adapters), mmproj=mmproj)
 
 
 def check_adapters(adapters: Sequence[AdapterUse], base: Path) -> tuple[AdapterFile, ...]:

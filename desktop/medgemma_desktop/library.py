@@ -24,6 +24,7 @@ from .generation import AdapterUse, Loaded
 from .resolve import AdapterMatch
 from .history import History
 from .settings import ChatSettings, LoadSettings, stored_settings
+from .vision_files import find_mmproj, is_mmproj
 
 EMBEDDED_KEY = "embedded-default"
 EMBEDDED_TITLE = "Gemma 3 270M · Q4_K_M (embedded)"
@@ -43,6 +44,7 @@ class ModelEntry:
     title: str
     tooltip: str
     adapters: tuple[AdapterUse, ...] = ()
+    vision: bool = False  # an mmproj that fits lies beside it: the model takes images
 
     @property
     def key(self) -> str:
@@ -141,6 +143,7 @@ class ModelLibrary:
         self.settings_key: str | None = None  # whose settings are on show (the pending model's while loading)
         # Header facts (an adapter's with its base), an error, or None: asked for.
         self._infos: dict[Path, ModelInfo | AdapterMatch | str | None] = {}
+        self._vision: dict[Path, Path | None] = {}  # the projector found beside each model file
         self.demo = demo_adapter()  # the packaged demo reasoning adapter, when this build has one
 
     # -- the list -------------------------------------------------------------------------------
@@ -166,8 +169,15 @@ class ModelLibrary:
             info = self._infos.get(path)
             if isinstance(info, AdapterMatch):
                 entries.append(self._adapter_entry(path, info))
+            elif isinstance(info, ModelInfo) and is_mmproj(info):
+                continue  # a projector is part of its model's entry, not a model of its own
             elif isinstance(info, ModelInfo):
-                entries.append(ModelEntry(path, f"{info.name} · {info.file_type}", f"{path}\n{describe(info)}"))
+                if path not in self._vision:
+                    self._vision[path] = find_mmproj(path, info)
+                mmproj = self._vision[path]
+                title = f"{info.name} · {info.file_type}" + (" · vision" if mmproj else "")
+                tooltip = f"{path}\n{describe(info)}" + (f"\nwith its vision projector {mmproj.name}" if mmproj else "")
+                entries.append(ModelEntry(path, title, tooltip, vision=mmproj is not None))
             elif isinstance(info, str):
                 entries.append(ModelEntry(path, f"{path.name} (unreadable)", info))
             else:
@@ -248,6 +258,7 @@ class ModelLibrary:
     def set_info(self, path: Path, info: ModelInfo | AdapterMatch | str) -> None:
         """A file's facts (an adapter's, with the base found for it), or why its header could not be read."""
         self._infos[path] = info
+        self._vision.pop(path, None)
 
     def adapter_info(self, path: Path) -> AdapterMatch | None:
         """What the list knows of `path` as an adapter (None: not an adapter, or not read yet)."""

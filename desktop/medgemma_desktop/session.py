@@ -55,6 +55,11 @@ def meta_text(meta: dict[str, Any], complete: bool, role: str) -> str:
         parts.append(f"{stats['generated_tokens']} tokens · {stats['decode_tok_per_s']:.1f} tok/s")
         if stats.get("finish_reason") == "length":
             parts.append("cut at max tokens")
+        if stats.get("images_encoded"):  # a follow-up about the same image finds it in the cache: none
+            count = stats["images_encoded"]
+            parts.append(f"{count} image{'s' if count > 1 else ''} encoded in {stats.get('image_encode_ms', 0) / 1000:.1f} s")
+    if meta.get("dropped_images"):
+        parts.append(f"{meta['dropped_images']} earlier image(s) left out: the context is full")
     if meta.get("unterminated_reasoning"):
         parts.append("reasoning did not finish")
     return " · ".join(parts)
@@ -121,6 +126,7 @@ class Answer:
     reasoning_tokens: int = 0
     prompt_tokens: int = 0
     dropped_turns: int = 0
+    dropped_images: int = 0
     emergency_notice: dict[str, Any] | None = None  # from the red-flag list, never from the model
 
 
@@ -315,6 +321,7 @@ class ChatSession:
         if isinstance(event, PromptPlanned):
             answer.prompt_tokens = event.plan.prompt_tokens
             answer.dropped_turns = event.plan.dropped_turns
+            answer.dropped_images = event.plan.dropped_images
             if answer.shown:
                 self.listener.context_trimmed(event.plan.dropped_turns)
         elif isinstance(event, ReasoningPiece):
@@ -388,6 +395,7 @@ class ChatSession:
             "settings": stored_settings(self.settings, self.load_settings),
             "reasoning_tokens": stats.reasoning_tokens if stats is not None else answer.reasoning_tokens,
             "dropped_turns": answer.dropped_turns,
+            "dropped_images": answer.dropped_images,
             "unterminated_reasoning": stats is not None and stats.unterminated_reasoning,
         }
         if stats is not None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from medgemma_models.errors import MedGemmaError
-from medgemma_models.gguf_info import read_model_info
+from medgemma_models.gguf_info import CLIP_ARCHITECTURE, ModelInfo, read_model_info
 from medgemma_models.mmproj_pair import check_pair
 
 MMPROJ_PREFIX = "mmproj"
@@ -20,14 +20,20 @@ def is_mmproj_name(path: Path) -> bool:
     return path.name.lower().startswith(MMPROJ_PREFIX) and path.suffix.lower() == ".gguf"
 
 
-def find_mmproj(model: Path) -> Path | None:
-    """The projector beside `model` that fits it: `mmproj-<stem>.gguf` first, then any other `mmproj*.gguf`."""
+def is_mmproj(info: ModelInfo) -> bool:
+    return info.architecture == CLIP_ARCHITECTURE
+
+
+def find_mmproj(model: Path, info: ModelInfo | None = None) -> Path | None:
+    """The projector beside `model` (whose header is `info`, if read already) that fits it:
+    `mmproj-<stem>.gguf` first, then any other `mmproj*.gguf`."""
+    model = Path(model)
     folder = model.parent
     own = folder / f"{MMPROJ_PREFIX}-{model.stem}.gguf"
     others = sorted(p for p in folder.glob("*.gguf") if is_mmproj_name(p) and p != own)
     for candidate in ([own] if own.is_file() else []) + others:
         try:
-            check_pair(model, candidate)
+            check_pair(info if info is not None else model, candidate)
         except MedGemmaError:
             continue
         return candidate

@@ -218,6 +218,38 @@ def test_the_stream_is_sse_framed_and_ends_with_done(real: Served) -> None:
     assert chunks[-1]["choices"][0]["finish_reason"] in ("stop", "length")
 
 
+def png_data_uri(shade: int = 128, size: int = 32) -> str:
+    import base64
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (size, size), (shade, 255 - shade, shade // 2)).save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def test_an_image_goes_in_as_a_data_uri_and_a_follow_up_reuses_it(vision_pair, history: History) -> None:
+    runtime = Runtime(Engine)
+    served = start(runtime, history, ModelEntry(vision_pair.model, "tiny vision", ""), ServerConfig(port=0))
+    try:
+        assert served.service.served is not None and served.service.served.loaded.vision
+        image = {"type": "image_url", "image_url": {"url": png_data_uri()}}
+        first = [{"role": "user", "content": [{"type": "text", "text": "What is shown?"}, image]}]
+        one = client(served.url).chat.completions.create(model=model_id(served), messages=first, max_tokens=4,
+                                                         temperature=0)  # type: ignore[arg-type]
+        follow_up = [*first, {"role": "assistant", "content": one.choices[0].message.content or ""},
+                     {"role": "user", "content": "Anything else?"}]
+        two = client(served.url).chat.completions.create(model=model_id(served), messages=follow_up, max_tokens=4,
+                                                         temperature=0)  # type: ignore[arg-type]
+        assert runtime.loaded is not None
+        # The image's positions (its 4 tokens, <start_of_image> and <end_of_image>) came from the cache.
+        assert two.usage.prompt_tokens_details.cached_tokens > one.usage.prompt_tokens - 4
+    finally:
+        served.thread.stop()
+        runtime.close()
+
+
 def error_of(response: httpx.Response) -> dict:
     error = response.json()["error"]
     assert set(error) == {"message", "type", "param", "code"}
@@ -246,9 +278,14 @@ def test_hostile_and_wrong_requests_get_the_right_status_and_the_server_goes_on(
         assert wrong.status_code == 400 and error_of(wrong)["param"] == "max_tokens"
         empty = http.post("/v1/chat/completions", json={**chat, "messages": []})
         assert empty.status_code == 400 and error_of(empty)["param"] == "messages"
-        image = http.post("/v1/chat/completions", json={**chat, "messages": [{"role": "user", "content": [
-            {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}]})
-        assert image.status_code == 400 and "image_url" in error_of(image)["message"]
+        for url, words in (("data:image/png;base64,AAAA", "messages[0] image 1 is not an image"),
+                           ("data:image/png;base64,%%%", "not valid base64"),
+                           ("https://example.org/xray.png", "https URL refused"),
+                           ("file:///etc/passwd", "file URL refused"),
+                           (png_data_uri(), "cannot see images")):  # the 270M has no vision projector
+            image = http.post("/v1/chat/completions", json={**chat, "messages": [{"role": "user", "content": [
+                {"type": "text", "text": "What is this?"}, {"type": "image_url", "image_url": {"url": url}}]}]})
+            assert image.status_code == 400 and words in error_of(image)["message"], url
         big = http.post("/v1/chat/completions", content=b"x" * (real.service.config.max_body_bytes + 1),
                         headers={"content-type": "application/json"})
         assert big.status_code == 413 and error_of(big)["code"] == "request_too_large"

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from medgemma_models.errors import MedGemmaError
+from medgemma_models.mtmd_compat import RgbImage
 
 MAX_FILE_BYTES = 512 * 1024 * 1024  # the largest file read at all (a big multi-frame DICOM fits)
 MAX_PIXELS = 64 * 1024 * 1024  # per picture, checked from the header before decoding
@@ -56,10 +57,11 @@ class ImagePart:
 
 @dataclass(frozen=True)
 class DecodedImage:
-    """An image decoded and re-encoded: the PNG to store, and its part for the message."""
+    """An image decoded and re-encoded: the PNG to store, its part for the message, its pixels for the model."""
 
     png: bytes
     part: ImagePart
+    rgb: RgbImage
 
 
 def looks_like_dicom(head: bytes, name: str = "") -> bool:
@@ -135,4 +137,4 @@ def _stored(picture: Any, kind: str, facts: dict[str, str]) -> DecodedImage:
     picture.save(buffer, format="PNG")  # no pnginfo, no exif: pixels only
     png = buffer.getvalue()
     part = ImagePart(hashlib.sha256(png).hexdigest(), kind, picture.width, picture.height, len(png), facts)
-    return DecodedImage(png, part)
+    return DecodedImage(png, part, RgbImage(picture.width, picture.height, picture.tobytes()))

@@ -33,7 +33,7 @@ def dicom_picture(data: bytes, name: str, frame: int = 0) -> tuple[Any, dict[str
     import pydicom
     from PIL import Image
     from pydicom.errors import InvalidDicomError
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut, pixel_array
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut, get_decoder, pixel_array
 
     try:
         dataset = pydicom.dcmread(io.BytesIO(data), force=name.lower().endswith(".dcm"))
@@ -49,15 +49,20 @@ def dicom_picture(data: bytes, name: str, frame: int = 0) -> tuple[Any, dict[str
     check_pixels(rows * columns, name)
     if not 0 <= frame < frames:
         raise ImageError(f"{name} has {frames} frame(s); frame {frame + 1} does not exist")
-    syntax = dataset.file_meta.get("TransferSyntaxUID") if "file_meta" in dataset else None
+    meta = getattr(dataset, "file_meta", None)
+    syntax = meta.get("TransferSyntaxUID") if meta is not None else None
+    if syntax is not None and syntax.is_compressed:
+        try:
+            available = get_decoder(syntax).is_available
+        except NotImplementedError:
+            available = False
+        if not available:
+            raise ImageError(f"{name} is compressed as {syntax.name}, which no installed DICOM decoder reads "
+                             "(pylibjpeg or GDCM would)")
     try:
         pixels = pixel_array(dataset, index=frame if frames > 1 else None)
-    except (NotImplementedError, RuntimeError, ValueError) as exc:
-        what = getattr(syntax, "name", None) or str(syntax or "its transfer syntax")
-        raise ImageError(f"{name} is compressed as {what}, which no installed DICOM decoder reads "
-                         "(pylibjpeg or GDCM would)") from exc
-    except (AttributeError, KeyError, TypeError) as exc:
-        raise ImageError(f"{name} has pixel data that does not match its header") from exc
+    except (NotImplementedError, RuntimeError, ValueError, AttributeError, KeyError, TypeError) as exc:
+        raise ImageError(f"{name} has damaged pixel data, or pixel data that does not match its header") from exc
     photometric = str(dataset.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     if pixels.ndim == 3 and pixels.shape[-1] == 3:  # colour: pydicom gives RGB already
         picture = Image.fromarray(_to_8bit(pixels.astype(np.float64)), "RGB")

@@ -14,6 +14,7 @@ from typing import Any
 
 from sse_starlette.sse import EventSourceResponse
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -51,7 +52,8 @@ def build_app(service: ChatService) -> Guard:
         return JSONResponse(_model(name, entry))
 
     async def chat_completions(request: Request) -> Response:
-        chat = read_chat_request(await request.body())
+        # Off the event loop: decoding a request's images takes a moment, and other requests go on meanwhile.
+        chat = await run_in_threadpool(read_chat_request, await request.body())
         served, events = await service.answer(chat)
         completion = Completion(f"chatcmpl-{uuid.uuid4().hex}", served.id)
         extra = {"emergency_notice": _emergency_notice(chat)}

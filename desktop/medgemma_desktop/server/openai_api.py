@@ -3,17 +3,21 @@ and stream chunks written back. No engine here, so every rule is testable on its
 
 What the request says is read the way OpenAI's own API reads it: unknown fields are ignored, a
 field of the wrong type is a 400 naming it. Reasoning goes in its own field, `reasoning_content`
-(as llama-server and LM Studio name it), so `content` holds only the answer.
+(as llama-server and LM Studio name it), so `content` holds only the answer. Images come as
+`image_url` parts holding `data:` URIs; a URL of any other kind is refused, never fetched.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..answer import AnswerStats
+from ..images.decode import DecodedImage, ImageError, decode_image
 
 
 class ApiError(Exception):
@@ -60,6 +64,7 @@ class ChatRequest:
     top_p: float | None
     seed: int | None
     stop: tuple[str, ...]
+    images: dict[str, DecodedImage] = field(default_factory=dict)  # the messages' image parts, by sha256
 
 
 def _bad(message: str, param: str | None = None) -> ApiError:
@@ -77,25 +82,54 @@ def _number(body: dict, name: str, kind: type, low: float, high: float) -> Any:
     return kind(value)
 
 
-def _text_of(content: Any, where: str) -> str:
-    """A message's content: a string, or a list of text parts (images are not taken yet)."""
+def _content_of(content: Any, where: str, images: dict[str, DecodedImage]) -> tuple[str, tuple[str, ...]]:
+    """A message's content: a string, or a list of text and image_url parts. Images are decoded
+    into `images`; what comes back is the text and the sha256 of each image, in order."""
     if isinstance(content, str):
-        return content
+        return content, ()
     if content is None:
-        return ""
-    if isinstance(content, list):
-        texts = []
-        for part in content:
-            if not isinstance(part, dict) or not isinstance(part.get("type"), str):
-                raise _bad(f"{where}: each content part must be an object with a 'type'", "messages")
-            if part["type"] != "text":
-                raise _bad(f"{where}: content parts of type {part['type']!r} are not supported by this model; "
-                           "send text", "messages")
+        return "", ()
+    if not isinstance(content, list):
+        raise _bad(f"{where}: 'content' must be a string or a list of parts", "messages")
+    texts: list[str] = []
+    ids: list[str] = []
+    for part in content:
+        if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+            raise _bad(f"{where}: each content part must be an object with a 'type'", "messages")
+        if part["type"] == "text":
             if not isinstance(part.get("text"), str):
                 raise _bad(f"{where}: a text part needs a string 'text'", "messages")
             texts.append(part["text"])
-        return "".join(texts)
-    raise _bad(f"{where}: 'content' must be a string or a list of parts", "messages")
+        elif part["type"] == "image_url":
+            decoded = _image_of(part.get("image_url"), f"{where} image {len(ids) + 1}")
+            images[decoded.part.sha256] = decoded
+            ids.append(decoded.part.sha256)
+        else:
+            raise _bad(f"{where}: content parts of type {part['type']!r} are not supported; send text and "
+                       "image_url parts", "messages")
+    return "".join(texts), tuple(ids)
+
+
+def _image_of(value: Any, where: str) -> DecodedImage:
+    """An image_url part's image, from a data: URI only: the app is offline and reads no path a request names."""
+    url = value.get("url") if isinstance(value, dict) else value
+    if not isinstance(url, str):
+        raise _bad(f"{where}: an image_url part needs a 'url'", "messages")
+    scheme = url.split(":", 1)[0].lower() if ":" in url else ""
+    if scheme != "data":
+        raise _bad(f"{where}: only data: URIs are taken ({scheme or 'a relative'} URL refused): this app is offline "
+                   "and opens no address or file a request names; send the image inline, base64-encoded", "messages")
+    header, _, payload = url.partition(",")
+    if ";base64" not in header.lower():
+        raise _bad(f"{where}: the data: URI must be base64-encoded", "messages")
+    try:
+        data = base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise _bad(f"{where}: the data: URI is not valid base64", "messages") from exc
+    try:
+        return decode_image(data, where)
+    except ImageError as exc:
+        raise _bad(str(exc), "messages") from exc
 
 
 def read_chat_request(raw: bytes) -> ChatRequest:
@@ -114,18 +148,21 @@ def read_chat_request(raw: bytes) -> ChatRequest:
         raise _bad("'messages' must be a non-empty list", "messages")
     system_parts: list[str] = []
     messages: list[ApiMessage] = []
+    images: dict[str, DecodedImage] = {}
     for index, item in enumerate(raw_messages):
         where = f"messages[{index}]"
         if not isinstance(item, dict):
             raise _bad(f"{where} must be an object", "messages")
         role = item.get("role")
-        text = _text_of(item.get("content"), where)
+        text, image_ids = _content_of(item.get("content"), where, images)
+        if image_ids and role != "user":
+            raise _bad(f"{where}: only user messages can carry images", "messages")
         if role in ("system", "developer"):
             if messages:  # Gemma has no system role: the formatter folds it into the first user turn
                 raise _bad(f"{where}: a system message must come before the conversation", "messages")
             system_parts.append(text)
         elif role == "user":
-            messages.append(ApiMessage("user", text))
+            messages.append(ApiMessage("user", text, image_ids=image_ids))
         elif role == "assistant":
             reasoning = item.get("reasoning_content")
             messages.append(ApiMessage("model", text, reasoning if isinstance(reasoning, str) else ""))
@@ -156,7 +193,7 @@ def read_chat_request(raw: bytes) -> ChatRequest:
         include_usage=bool(options.get("include_usage", False)), think=_think(body),
         max_tokens=max_tokens, temperature=_number(body, "temperature", float, 0, 2),
         top_p=_number(body, "top_p", float, 0, 1), seed=_number(body, "seed", int, -(1 << 63), (1 << 63) - 1),
-        stop=stops)
+        stop=stops, images=images)
 
 
 def _think(body: dict) -> bool | None:

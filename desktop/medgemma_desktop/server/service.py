@@ -18,9 +18,13 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
+from medgemma_models.mtmd_compat import RgbImage
+
+from ..conversation import ImageMissingError
 from ..events import AnswerPiece, Failed, Finished, LoadError, ModelReady, ReasoningPiece, RuntimeEvent
 from ..generation import GenerationRequest, Loaded, ModelRequest
 from ..history import History, ModelRecord
+from ..images.store import ImageStore
 from ..library import ModelEntry, ModelLibrary, adapter_records, preset_for_loaded
 from ..runtime import Job, Runtime
 from ..settings import ChatSettings, GenerationSettings, LoadOptions
@@ -196,9 +200,19 @@ class ChatService:
             top_p=settings.top_p if request.top_p is None else request.top_p,
             top_k=settings.top_k, repeat_penalty=settings.repeat_penalty,
             max_tokens=request.max_tokens or settings.max_tokens, seed=request.seed, stop=request.stop)
+        if request.images and not served.loaded.vision:
+            raise ApiError(400, f"the model {served.id} cannot see images: it has no vision projector (mmproj) "
+                           "beside it", "model_not_multimodal", "messages")
+
+        def load_image(sha256: str) -> RgbImage:
+            try:
+                return request.images[sha256].rgb
+            except KeyError:
+                raise ImageMissingError(sha256) from None
+
         return GenerationRequest(preset=settings.preset_spec, messages=request.messages, settings=sampling,
                                  system=request.system or settings.system_prompt(), think=think,
-                                 send_reasoning_back=settings.send_reasoning_back_enabled)
+                                 send_reasoning_back=settings.send_reasoning_back_enabled, load_image=load_image)
 
     async def _events(self, job: Job, events: asyncio.Queue[RuntimeEvent], served: Served,
                       request: ChatRequest) -> AsyncIterator[RuntimeEvent]:
@@ -242,8 +256,13 @@ class ChatService:
                                 adapter_records(loaded, served.entry.adapters))
         first = request.messages[0].text.strip().splitlines()[0] if request.messages[0].text.strip() else "Server chat"
         chat = self.save_to.create_chat(f"Server: {first[:60]}", record, served.settings.to_dict())
+        store = ImageStore()
         for message in request.messages:
-            self.save_to.add_message(chat, message.role, message.text, message.reasoning)
+            parts = [request.images[sha].part.to_dict() for sha in message.image_ids]
+            for sha in message.image_ids:
+                store.put(request.images[sha])
+            self.save_to.add_message(chat, message.role, message.text, message.reasoning,
+                                     meta={"images": parts} if parts else None)
         self.save_to.add_message(chat, "model", answer, reasoning)
 
 

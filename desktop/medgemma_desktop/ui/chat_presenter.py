@@ -17,11 +17,18 @@ from medgemma_models.errors import MedGemmaError
 
 from ..answer import AnswerStats
 from ..history import HistoryWriteError, Message
+from ..images.decode import DecodedImage, ImagePart
+from ..images.dicom import NOTICE as DICOM_NOTICE
 from ..session import UNSAVED_TITLE, ChatSession, SessionListener, chat_title, meta_text
 from .chat_view import ChatView
 from .composer import Composer
-from .dialogs import ask_text, confirm
+from .dialogs import ask_text, confirm, problem_box
+from .image_strip import IMAGE_FILTER, ImageReader
 from .sidebar import Sidebar
+
+
+DICOM_NOTICE_SETTING = "dicom_notice_shown"
+CANNOT_ATTACH = "Cannot attach the image"
 
 
 class ChatPresenter(QObject, SessionListener):
@@ -41,8 +48,13 @@ class ChatPresenter(QObject, SessionListener):
                              (sidebar.rename_requested, self.ask_rename), (sidebar.delete_requested, self.ask_delete),
                              (sidebar.search_changed, self.refresh_chats), (composer.stop_requested, self.stop),
                              (composer.cancel_edit_requested, self.cancel_edit),
-                             (chat_view.edit_requested, self.edit_message)):
+                             (chat_view.edit_requested, self.edit_message),
+                             (composer.attach_requested, self.ask_images), (composer.files_given, self.attach_files),
+                             (composer.image_pasted, self.attach_pasted)):
             signal.connect(slot)
+        self.images = ImageReader(session.images, self)
+        self.images.read.connect(self._image_read)
+        self.images.failed.connect(lambda message: self.report_error(CANNOT_ATTACH, message))
 
     # -- chats ----------------------------------------------------------------------------------
 
@@ -97,7 +109,7 @@ class ChatPresenter(QObject, SessionListener):
         if self.session.chat_id is None:
             return False
         try:
-            export_chat(self.history, self.session.chat_id, path, fmt)  # type: ignore[arg-type]
+            export_chat(self.history, self.session.chat_id, path, fmt, self.session.images)  # type: ignore[arg-type]
         except (MedGemmaError, OSError) as exc:
             self.report_error("Could not export the chat", str(exc))
             return False
@@ -107,15 +119,54 @@ class ChatPresenter(QObject, SessionListener):
     # -- sending --------------------------------------------------------------------------------
 
     def send(self) -> bool:
-        """Send the message in the input (replacing the last question when editing)."""
+        """Send the message in the input, with its images (replacing the last question when editing)."""
         try:
-            if not self.session.send(self.composer.text()):
+            if not self.session.send(self.composer.text(), self.composer.image_parts()):
                 return False
         except HistoryWriteError as exc:  # the question could not be saved: it stays in the input
             self.report_error(UNSAVED_TITLE, f"{exc}. Your message is still in the input; send it again later.")
             return False
+        except MedGemmaError as exc:  # images on a model that cannot see: the message stays too
+            self.report_error("Cannot send the message", str(exc))
+            return False
         self.composer.set_text("")
+        self.composer.clear_images()
         return True
+
+    # -- images ---------------------------------------------------------------------------------
+
+    def set_vision(self, vision: bool) -> None:
+        """The model in use can (or cannot) see images: the attach control follows."""
+        self.composer.set_vision(vision)
+
+    @Slot()
+    def ask_images(self) -> None:
+        names, _ = QFileDialog.getOpenFileNames(self._window, "Attach images", "", IMAGE_FILTER)
+        self.attach_files([Path(n) for n in names])
+
+    @Slot(list)
+    def attach_files(self, paths: list[Path]) -> None:
+        if paths and self._can_attach():
+            self.images.read_files(paths)  # decoded and stored off the window's thread
+
+    @Slot(bytes)
+    def attach_pasted(self, png: bytes) -> None:
+        if self._can_attach():
+            self.images.read_bytes(png, "the pasted image")
+
+    def _can_attach(self) -> bool:
+        if not self.session.vision:
+            self.report_error(CANNOT_ATTACH, "This model cannot see images: it has no vision projector (mmproj) "
+                              "beside it.")
+            return False
+        return True
+
+    @Slot(object)
+    def _image_read(self, image: DecodedImage) -> None:
+        self.composer.add_image(image.part, image.png)
+        if image.part.kind == "dicom" and not self.history.get_setting(DICOM_NOTICE_SETTING, False):
+            self.history.set_setting(DICOM_NOTICE_SETTING, True)
+            problem_box(self._window, "DICOM: what is kept", DICOM_NOTICE)
 
     @Slot()
     def stop(self) -> None:
@@ -127,6 +178,12 @@ class ChatPresenter(QObject, SessionListener):
         text = self.session.start_edit(message_id)
         if text is not None:
             self.composer.set_text(text)
+            self.composer.clear_images()
+            for part in self.session.editing_images():  # sent again with the edited text unless removed
+                try:
+                    self.composer.add_image(part, self.session.images.png(part.sha256))
+                except LookupError:
+                    continue
             self.composer.set_editing(True)
             self.composer.focus_input()
 
@@ -134,6 +191,7 @@ class ChatPresenter(QObject, SessionListener):
     def cancel_edit(self) -> None:
         if self.session.editing_id is not None:
             self.composer.set_text("")
+            self.composer.clear_images()
         self.session.cancel_edit()
         self.composer.set_editing(False)
 
@@ -148,6 +206,9 @@ class ChatPresenter(QObject, SessionListener):
         card.set_content(message.text, message.reasoning, message.meta.get("reasoning_tokens"))
         card.set_meta(meta_text(message.meta, message.complete, message.role))
         card.set_emergency_notice(message.meta.get("emergency_notice"))
+        parts = [p for p in (ImagePart.from_dict(d) for d in message.meta.get("images") or []) if p is not None]
+        if parts:
+            card.show_images(parts, self.session.images)
 
     def answer_started(self, message_id: int, author: str) -> None:
         self.chat_view.start_answer(message_id, author, self.session.settings.show_reasoning_enabled)

@@ -66,6 +66,7 @@ class MainWindow(QMainWindow):
             signal.connect(slot)
         self.server = ServerPanel(self, self.runtime, self.library, history, self.settings_panel)
         self.model_loaded.connect(self.server.model_changed)
+        self.models.vision_changed.connect(self.chats.set_vision)
         self.help = HelpMenu(self)
         self.chats.refresh_chats()
         self.models.refresh_models()

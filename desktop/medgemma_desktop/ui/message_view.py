@@ -15,6 +15,9 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from ..images.decode import ImagePart
+from ..images.store import ImageStore
+from .image_strip import ImageStrip
 from .inert_markdown import InertDocument, set_inert_markdown
 
 REASONING_LABEL = "Model reasoning — generated text, not a clinical justification"
@@ -210,6 +213,8 @@ class MessageView(QFrame):
         layout.setSpacing(4)
         layout.addWidget(self.author)
         layout.addWidget(self.emergency)
+        self.images = ImageStrip(removable=False, parent=self)
+        layout.addWidget(self.images)
         layout.addWidget(self.body)
         layout.addWidget(self.reasoning)
         layout.addLayout(actions)
@@ -225,6 +230,10 @@ class MessageView(QFrame):
         self.emergency.setText(line)
         self.emergency.setAccessibleName(line)
         self.emergency.setVisible(True)
+
+    def show_images(self, parts: list[ImagePart], store: ImageStore) -> None:
+        """The message's images as thumbnails, made once here from the stored files."""
+        self.images.show_parts(parts, store)
 
     def _action(self, text: str, accessible: str) -> QToolButton:
         button = QToolButton(self)

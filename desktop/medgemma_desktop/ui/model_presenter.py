@@ -25,6 +25,7 @@ from ..library import ModelEntry, ModelLibrary, adapter_records, describe
 from ..resolve import AdapterMatch, resolve_adapter
 from ..session import ChatSession
 from ..settings import ChatSettings, LoadSettings
+from ..vision_files import find_model, is_mmproj_name
 from .convert_dialog import ConvertDialog
 from .model_bar import ModelBar
 from .runtime_bridge import RuntimeBridge
@@ -42,6 +43,7 @@ def _one_line(exc: BaseException) -> str:
 
 class ModelPresenter(QObject):
     model_loaded = Signal()
+    vision_changed = Signal(bool)  # the model now in use can (or cannot) see images
     state_changed = Signal()  # a load started or ended: what can be clicked changes
 
     def __init__(self, library: ModelLibrary, session: ChatSession, bridge: RuntimeBridge, model_bar: ModelBar,
@@ -102,6 +104,13 @@ class ModelPresenter(QObject):
         the model in use stays.
         """
         path = Path(path)
+        if is_mmproj_name(path):
+            model = find_model(path)  # the projector was chosen: open the model beside it that it fits
+            if model is None:
+                self.report_error(CANNOT_OPEN, f"{path.name} is a vision projector (mmproj), and no model beside it "
+                                               "fits it: open the model file itself, with the mmproj in its folder.")
+                return False
+            path = model
         if not is_adapter(path):
             return self.choose_model(path)
         try:
@@ -167,7 +176,9 @@ class ModelPresenter(QObject):
         self._end_load()
         self.refresh_models()
         # Last: until here a failure leaves the session on the model in use before.
-        self.session.use_model(loaded.info, loaded.sha256, current.title or None, adapter_records(loaded, current.adapters))
+        self.session.use_model(loaded.info, loaded.sha256, current.title or None, adapter_records(loaded, current.adapters),
+                               vision=loaded.vision)
+        self.vision_changed.emit(loaded.vision)
 
     @Slot(str, str)
     def _on_load_failed(self, title: str, message: str) -> None:
