@@ -21,6 +21,9 @@ from medgemma_models import emergency
 from medgemma_models.errors import MedGemmaError
 
 from .answer import AnswerStats
+from .documents.chunking import estimate_tokens
+from .documents.collection import Collection, Skipped
+from .documents.passages import CITATIONS_META, document_budget, find_passages, question_meta
 from .engine import Engine
 from .events import Finished, LoadCancelled, LoadError, ModelReady, PromptPlanned, RuntimeEvent
 from .generation import AdapterUse, EngineLike, Loaded, LoadFailed, ModelRequest
@@ -56,6 +59,10 @@ class AskResult:
     think: bool  # whether the prompt asked for reasoning (only presets that reason can)
     prompt: str  # the text the engine was given
     emergency_notice: dict[str, Any] | None = None  # the red-flag notice (medgemma_models.emergency), None when none
+    # With documents: the passages the prompt quoted, [1] first ({"source", "page" from 1, "snippet", "score",
+    # and "number", "path", "collection": documents.passages.Citation}), and the files not indexed ({"source", "reason"}).
+    citations: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    skipped: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     images: dict[str, int] = dataclasses.field(default_factory=lambda: {"count": 0, "tokens": 0})
     image_encode_ms: float = 0.0  # encoding the images the KV cache did not hold
 
@@ -140,6 +147,8 @@ class Asker:
             self.library.begin_load(request.base, request.adapters)
             loaded = load_model(self.runtime, request)
             self.chat_settings = self.library.finish_load(loaded, ChatSettings.from_dict({}), load)
+            self.n_ctx = loaded.n_ctx
+            self.documents: Collection | None = None
             current = self.library.current
             assert current is not None
             self.title = current.title or loaded.info.name
@@ -155,10 +164,21 @@ class Asker:
     def _deliver(self, event: RuntimeEvent) -> None:
         self.recorder(event)
 
+    def index_documents(self, paths: Sequence[Path]) -> list[Skipped]:
+        """Bring the index of `paths` up to date (in this asker's temporary folder, never the user's data
+        folder; an unchanged file is not read again); the files that cannot be indexed, with the reason."""
+        if self.documents is None:
+            self.documents = Collection(Path(self._folder.name) / "documents.sqlite3", "--docs")
+        for source in set(self.documents.sources()) - {Path(path).absolute() for path in paths}:
+            self.documents.remove_source(source)
+        return self.documents.index([Path(path) for path in paths]).skipped
+
     def ask(self, question: str, think: bool | None = None, seed: int | None = None,
-            images: Sequence[Path] = (), **overrides: Any) -> AskResult:
+            images: Sequence[Path] = (), documents: Sequence[Path] = (), **overrides: Any) -> AskResult:
         """Answer `question` in a new chat, about `images` if any; `think` None keeps the preset's default (on).
 
+        `documents`: files and folders to answer from; the passages found go into the question's
+        turn (documents.passages) and come back as `citations`, unreadable files as `skipped`.
         `overrides` are chat settings (temperature, top_p, top_k, repeat_penalty, max_tokens), checked
         like stored ones; `seed` makes a sampled (temperature > 0) answer repeatable.
         """
@@ -180,7 +200,17 @@ class Asker:
         self.session.seed = seed
         self.session.new_chat()
         self.recorder.plan, self.recorder.text = None, ""
-        self.session.send(question, parts)  # the backend waits: the answer is complete when this returns
+        meta, cited, skipped = None, [], []
+        if documents:
+            skipped = [{"source": item.source, "reason": item.reason} for item in self.index_documents(documents)]
+            assert self.documents is not None
+            # Estimated tokens (about four characters each): the engine's tokenizer is on the runtime's
+            # thread, and the budget's other half leaves room for an estimate that is a little short.
+            chosen = find_passages(self.documents.search, [question],
+                                   document_budget(self.n_ctx, settings.max_tokens), estimate_tokens)
+            meta = question_meta(chosen)
+            cited = meta[CITATIONS_META]
+        self.session.send(question, parts, meta)  # the backend waits: the answer is complete when this returns
         if collector.stats is None or self.recorder.plan is None:
             raise AskFailed(f"the answer failed: {collector.failure or 'no answer'}")
         stats = collector.stats
@@ -202,9 +232,14 @@ class Asker:
             images={"count": self.recorder.plan.plan.images,
                     "tokens": sum(1 for token in self.recorder.plan.plan.tokens if token < 0)},
             image_encode_ms=stats.image_encode_ms,
+            citations=cited,
+            skipped=skipped,
         )
 
     def close(self) -> None:
+        if getattr(self, "documents", None) is not None:
+            self.documents.close()
+            self.documents = None
         if self.runtime is not None and self._own_runtime:
             self.runtime.close()
         self.runtime = None
@@ -222,7 +257,8 @@ class Asker:
 
 def ask(question: str, model: Path | None = None, adapters: Sequence[AdapterUse] | None = None,
         think: bool | None = None, load: LoadSettings = LoadSettings(), seed: int | None = None,
-        images: Sequence[Path] = (), mmproj: Path | None = None, **overrides: Any) -> AskResult:
+        images: Sequence[Path] = (), mmproj: Path | None = None, documents: Sequence[Path] = (),
+        **overrides: Any) -> AskResult:
     """One question, one model load: what `medgemma-desktop --ask` runs. For many questions use `Asker`."""
     with Asker(model, adapters, load, mmproj=mmproj) as asker:
-        return asker.ask(question, think, seed, images, **overrides)
+        return asker.ask(question, think, seed, images, documents, **overrides)

@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--mmproj", metavar="FILE", type=Path,
                         help="with --ask: the model's vision projector (default, and always for --serve and the "
                         "window: the mmproj-*.gguf beside the model that fits it)")
+    parser.add_argument("--docs", metavar="PATH", type=Path, action="append", default=[],
+                        help="with --ask: answer from this file or folder (.pdf, .txt, .md; repeatable), "
+                        "indexed in a temporary folder, and list the sources")
     parser.add_argument("--think", type=parse_switch, metavar="on|off",
                         help="with --ask: ask for reasoning first (default: the preset's, on)")
     parser.add_argument("--max-tokens", type=int, metavar="N", help="with --ask: the answer's limit (default: the preset's)")
@@ -102,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--image goes with --ask")
     if args.mmproj and args.ask is None:
         parser.error("--mmproj goes with --ask (the server and the window use the mmproj-*.gguf beside the model)")
+    if args.docs and args.ask is None:
+        parser.error("--docs goes with --ask")
     # The app is offline by design: nothing may reach for a model hub behind our back.
     go_offline()
     if args.about:
@@ -214,7 +219,8 @@ def ask(args: argparse.Namespace) -> int:
     adapters = [AdapterUse(path, scale) for path, scale in args.adapter]
     try:
         result = ask_question(args.ask, args.model, adapters if adapters or args.model else None, args.think,
-                              LoadSettings.from_dict(gpu), images=args.image, mmproj=args.mmproj, **overrides)
+                              LoadSettings.from_dict(gpu), images=args.image, mmproj=args.mmproj,
+                              documents=args.docs, **overrides)
     except AskFailed as exc:
         print(f"medgemma-desktop: {exc}", file=sys.stderr)
         return 1
@@ -226,7 +232,8 @@ def ask(args: argparse.Namespace) -> int:
         return 1
     if args.json:
         fields = ("reasoning", "answer", "finish_reason", "prompt_tokens", "generated_tokens", "ttft_ms",
-                  "decode_tok_per_s", "model", "preset", "think", "emergency_notice", "images", "image_encode_ms")
+                  "decode_tok_per_s", "model", "preset", "think", "emergency_notice", "images", "image_encode_ms",
+                  "citations", "skipped")
         print(json.dumps({k: v for k, v in result.to_dict().items() if k in fields}, ensure_ascii=False))
         return 0
     if result.emergency_notice:
@@ -241,4 +248,16 @@ def ask(args: argparse.Namespace) -> int:
         print()
         print("Answer:")
     print(result.answer)
+    if args.docs:
+        print_sources(result.citations, result.skipped)
     return 0
+
+
+def print_sources(citations: list[dict], skipped: list[dict]) -> None:
+    """The passages the answer was given, then the files that could not be read; plain text."""
+    print()
+    print("Sources:" if citations else "Sources: no passage in the documents matched the question")
+    for number, citation in enumerate(citations, start=1):
+        print(f"[{number}] {Path(citation['source']).name}, page {citation['page']} — “{citation['snippet']}”")
+    for item in skipped:
+        print(f"Skipped {item['source']}: {item['reason']}")

@@ -17,6 +17,8 @@ from medgemma_models.errors import PromptTooLongError
 from medgemma_models.prompt import THINK_CLOSE, THINK_OPEN, Prompt, PromptImage, Turn
 from medgemma_models.reasoning import strip_reasoning
 
+from .documents.passages import PASSAGES_META
+
 if TYPE_CHECKING:
     from medgemma_models.mtmd_compat import RgbImage
 
@@ -81,6 +83,18 @@ def model_turn_text(preset: Preset, message: ChatMessage, send_reasoning_back: b
     return message.text
 
 
+def user_turn_text(message: ChatMessage) -> str:
+    """What a question contributes to the context: the passages found for it (a plain labelled
+    block kept in its `meta`, see documents.passages), then the question itself.
+
+    The block is turn text like the question, tokenized as text, so a document cannot forge a
+    turn. It belongs to its own question, so asking again never changes an earlier turn.
+    """
+    meta = getattr(message, "meta", None)
+    block = meta.get(PASSAGES_META) if isinstance(meta, dict) else None
+    return f"{block}\n\n{message.text}" if isinstance(block, str) and block.strip() else message.text
+
+
 def _images(message: ChatMessage, load: ImageLoader | None) -> tuple[tuple[PromptImage, ...], str]:
     """The message's images, and text saying which could not be read."""
     images, missing = [], 0
@@ -107,7 +121,8 @@ def _turns(preset: Preset, history: Sequence[ChatMessage], send_reasoning_back: 
         images: tuple[PromptImage, ...] = ()
         if message.role == "user":
             images, missing = _images(message, load_image)
-            text = f"{missing}\n\n{message.text}" if missing else message.text
+            text = user_turn_text(message)
+            text = f"{missing}\n\n{text}" if missing else text
         elif message.role == "model":
             if not message.text and not message.reasoning:
                 continue

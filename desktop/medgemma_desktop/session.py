@@ -229,9 +229,11 @@ class ChatSession:
 
     # -- sending --------------------------------------------------------------------------------
 
-    def send(self, text: str, images: Sequence[ImagePart] = ()) -> bool:
+    def send(self, text: str, images: Sequence[ImagePart] = (), meta: dict[str, Any] | None = None) -> bool:
         """Save the user's message (with its images, stored already) and ask for an answer; with an edit
-        under way, replace the last question. Images on a model that cannot see raise MedGemmaError."""
+        under way, replace the last question. Images on a model that cannot see raise MedGemmaError.
+
+        `meta` is kept with the message (e.g. the passages found for it: conversation.user_turn_text)."""
         text = text.strip()
         if not text or not self.can_send():
             return False
@@ -245,7 +247,7 @@ class ChatSession:
         if self.chat_id is None:
             self.chat_id = self.history.create_chat(chat_title(text), model=self._model_record(),
                                                     settings=stored_settings(self.settings, self.load_settings))
-        meta = {"images": [image.to_dict() for image in images]} if images else None
+        meta = {**(meta or {}), **({"images": [image.to_dict() for image in images]} if images else {})} or None
         message_id = self.history.add_message(self.chat_id, "user", text, meta=meta)
         self.listener.message_shown(self.history.message(message_id), "You")
         self._generate()
