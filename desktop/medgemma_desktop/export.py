@@ -13,6 +13,7 @@ from typing import Any, Literal
 from medgemma_models.files import atomic_output
 
 from .conversation import ImageMissingError
+from .documents.passages import CITATIONS_META, citations_text
 from .history import ChatSummary, History, Message, ModelRecord
 from .images.store import ImageStore
 
@@ -86,6 +87,9 @@ def chat_to_markdown(summary: ChatSummary, messages: Sequence[Message], model: M
         out.append(message.text.strip("\n") if message.text.strip() else "*(no answer text)*")
         if not message.complete:
             out += ["", "*(this answer was stopped before it was finished)*"]
+        sources = citations_text(message.meta.get(CITATIONS_META)) if message.role == "model" else ""
+        if sources:  # the passages the answer drew on: file, page and snippet (matched terms in **)
+            out += ["", "**Sources:**", "", *(f"- {line}" for line in sources.splitlines())]
     return "\n".join(out) + "\n"
 
 

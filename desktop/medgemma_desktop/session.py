@@ -24,6 +24,9 @@ from .answer import AnswerStats
 from .events import AnswerPiece, Failed, Finished, PromptPlanned, ReasoningPiece, RuntimeEvent
 from .generation import GenerationRequest
 from .history import History, HistoryWriteError, Message, ModelRecord, StreamingMessageWriter
+from .documents.chunking import estimate_tokens
+from .documents.collections import Collections
+from .documents.passages import CITATIONS_META, document_budget, find_passages, question_meta
 from .images.decode import ImagePart
 from .images.store import ImageStore
 from .settings import ChatSettings, LoadSettings, stored_settings
@@ -31,6 +34,7 @@ from .settings import ChatSettings, LoadSettings, stored_settings
 log = logging.getLogger(__name__)
 
 SAVE_INTERVAL_S = 1.0
+COLLECTIONS_SETTING = "collections"  # a chat setting: the document collections it answers from
 UNSAVED_TITLE = "Could not save the chat"
 TITLE_LENGTH = 48
 
@@ -85,6 +89,9 @@ class SessionListener:
     def answer_started(self, message_id: int, author: str) -> None:
         """An empty answer begins streaming below the last message."""
 
+    def sources_found(self, message_id: int, citations: list[dict[str, Any]]) -> None:
+        """The answer starting will draw on these passages of the chat's documents (`documents.passages.Citation`)."""
+
     def emergency_noticed(self, message_id: int, notice: dict[str, Any]) -> None:
         """The question matched a red flag: show the notice above this answer, before any token."""
 
@@ -128,15 +135,19 @@ class Answer:
     dropped_turns: int = 0
     dropped_images: int = 0
     emergency_notice: dict[str, Any] | None = None  # from the red-flag list, never from the model
+    citations: list[dict[str, Any]] | None = None  # the passages its question quoted from the chat's documents
 
 
 class ChatSession:
     """One open chat (or none yet) and at most one answer streaming."""
 
     def __init__(self, history: History, backend: Backend, clock: Callable[[], float] = time.perf_counter,
-                 save_interval: float = SAVE_INTERVAL_S, images: ImageStore | None = None) -> None:
+                 save_interval: float = SAVE_INTERVAL_S, images: ImageStore | None = None,
+                 documents: Collections | None = None) -> None:
         self.history = history
         self.images = images if images is not None else ImageStore()
+        self.documents = documents  # the collections a chat may answer from (None: no documents here)
+        self.collections: list[str] = []  # the open chat's (remembered in its settings as COLLECTIONS_SETTING)
         self.vision = False  # whether the model in use takes images (it has an mmproj)
         self.backend = backend
         self.clock = clock
@@ -188,7 +199,7 @@ class ChatSession:
         self._leave_answer()
         self.chat_id = None
         self.cancel_edit()
-        self.listener.chat_cleared()
+        self.listener.chat_cleared()  # the collections chosen stay chosen for the chat to come
 
     def open_chat(self, chat_id: int) -> None:
         if chat_id == self.chat_id:
@@ -196,9 +207,28 @@ class ChatSession:
         self._leave_answer()
         self.cancel_edit()
         self.chat_id = chat_id
+        chosen = self.history.chat_settings(chat_id).get(COLLECTIONS_SETTING)
+        self.collections = [str(c) for c in chosen] if isinstance(chosen, list) else []
         self.listener.chat_cleared()
         for message in self.history.messages(chat_id):
             self.listener.message_shown(message, self.author(message))
+
+    def use_collections(self, names: Sequence[str]) -> None:
+        """The collections this chat answers from (none: no documents); remembered with the chat."""
+        self.collections = list(dict.fromkeys(names))
+        if self.chat_id is not None:
+            self.history.set_chat_settings(self.chat_id, {**self.history.chat_settings(self.chat_id),
+                                                          COLLECTIONS_SETTING: self.collections})
+
+    def _passages(self, text: str) -> dict[str, Any]:
+        """The question's meta from the chat's collections: the passages block and its citations."""
+        if not self.collections or self.documents is None:
+            return {}
+        earlier = [m.text for m in self.history.messages(self.chat_id) if m.role == "user"] if self.chat_id else []
+        budget = document_budget(self.load_settings.options().n_ctx, self.settings.max_tokens)
+        chosen = find_passages(lambda q, limit: self.documents.search(self.collections, q, limit),  # type: ignore[union-attr]
+                               [*earlier, text], budget, estimate_tokens)
+        return question_meta(chosen)
 
     def rename_chat(self, chat_id: int, title: str) -> None:
         title = title.strip()
@@ -244,9 +274,10 @@ class ChatSession:
             self.history.delete_messages_from(self.editing_id)
             self.listener.messages_removed(self.editing_id)
             self.cancel_edit()
+        meta = {**self._passages(text), **(meta or {})}
         if self.chat_id is None:
-            self.chat_id = self.history.create_chat(chat_title(text), model=self._model_record(),
-                                                    settings=stored_settings(self.settings, self.load_settings))
+            settings = {**stored_settings(self.settings, self.load_settings), COLLECTIONS_SETTING: self.collections}
+            self.chat_id = self.history.create_chat(chat_title(text), model=self._model_record(), settings=settings)
         meta = {**(meta or {}), **({"images": [image.to_dict() for image in images]} if images else {})} or None
         message_id = self.history.add_message(self.chat_id, "user", text, meta=meta)
         self.listener.message_shown(self.history.message(message_id), "You")
@@ -291,11 +322,16 @@ class ChatSession:
         self.history.set_chat_model(self.chat_id, self._model_record())
         message_id = self.history.add_message(self.chat_id, "model", "", complete=False)
         writer = StreamingMessageWriter(self.history, message_id, interval=self.save_interval, clock=self.clock)
-        question = next((m.text for m in reversed(messages) if m.role == "user"), "")
+        asked = next((m for m in reversed(messages) if m.role == "user"), None)
+        question = asked.text if asked is not None else ""
         notice = emergency.check(question)
+        cited = asked.meta.get(CITATIONS_META) if asked is not None else None
         self.answer = Answer(chat_id=self.chat_id, message_id=message_id, writer=writer,
-                             emergency_notice=notice.to_dict() if notice else None)
+                             emergency_notice=notice.to_dict() if notice else None,
+                             citations=cited if isinstance(cited, list) else None)
         self.listener.answer_started(message_id, str(self._model_record().name))
+        if self.answer.citations is not None:
+            self.listener.sources_found(message_id, self.answer.citations)
         if notice is not None:
             self.listener.emergency_noticed(message_id, notice.to_dict())
         self.listener.busy_changed(True)
@@ -402,6 +438,8 @@ class ChatSession:
             meta["stats"] = dataclasses.asdict(stats)
         if answer.emergency_notice is not None:
             meta["emergency_notice"] = answer.emergency_notice
+        if answer.citations is not None:
+            meta[CITATIONS_META] = answer.citations  # saved with the answer, for its exports and its view
         return meta
 
     def _model_record(self) -> ModelRecord:

@@ -68,7 +68,7 @@ def test_a_bundle_shows_its_own_terms_and_license_index(tmp_path: Path, monkeypa
 def test_help_about_shows_the_version_notice_and_terms(qtbot, make_window) -> None:
     window = make_window(load=False)
     menus = [action.text() for action in window.menuBar().actions()]
-    assert menus == ["&Server", "&Help"]  # Help last, as on every platform
+    assert menus == ["&Server", "&Documents", "&Help"]  # Help last, as on every platform
     window.help.about_action.trigger()
     dialog = window.help.dialog
     qtbot.waitUntil(dialog.isVisible)

@@ -250,6 +250,30 @@ def test_an_image_goes_in_as_a_data_uri_and_a_follow_up_reuses_it(vision_pair, h
         runtime.close()
 
 
+def test_a_request_naming_a_collection_gets_its_passages_and_citations(real: Served, medgemma_home: Path,
+                                                                       tmp_path: Path, qapp) -> None:
+    from medgemma_desktop.documents.collections import Collections
+    from tests.support.document_files import GUIDE_PAGES, write_pdf
+
+    collections = Collections()
+    collections.get("guides").index([write_pdf(tmp_path / "guide.pdf", GUIDE_PAGES)])
+    real.service.documents = collections  # the data folder of this test
+    try:
+        body = {"model": model_id(real), "max_tokens": 4, "temperature": 0, "collections": ["guides"],
+                "messages": [{"role": "user", "content": "First-line drug for type 2 diabetes?"}]}
+        with raw(real.url) as http:
+            answer = http.post("/v1/chat/completions", json=body).json()
+            cited = answer["citations"]
+            assert (cited[0]["source"], cited[0]["page"]) == ("guide.pdf", 3)
+            plain = http.post("/v1/chat/completions", json={**body, "collections": None}).json()
+            assert plain["citations"] is None
+            unknown = http.post("/v1/chat/completions", json={**body, "collections": ["nope"]})
+            assert unknown.status_code == 404 and error_of(unknown)["code"] == "collection_not_found"
+    finally:
+        real.service.documents = None
+        collections.close()
+
+
 def error_of(response: httpx.Response) -> dict:
     error = response.json()["error"]
     assert set(error) == {"message", "type", "param", "code"}

@@ -54,9 +54,12 @@ def build_app(service: ChatService) -> Guard:
     async def chat_completions(request: Request) -> Response:
         # Off the event loop: decoding a request's images takes a moment, and other requests go on meanwhile.
         chat = await run_in_threadpool(read_chat_request, await request.body())
+        chat, citations = await run_in_threadpool(service.with_documents, chat)
         served, events = await service.answer(chat)
         completion = Completion(f"chatcmpl-{uuid.uuid4().hex}", served.id)
-        extra = {"emergency_notice": _emergency_notice(chat)}
+        # Extensions, as top-level fields a client may ignore: the red-flag notice, and the sources used
+        # (null when the request named no collection).
+        extra = {"emergency_notice": _emergency_notice(chat), "citations": citations}
         if chat.stream:
             return EventSourceResponse(_stream(completion, chat, events, extra), sep="\n", ping=15)
         return await _whole(request, completion, events, extra)

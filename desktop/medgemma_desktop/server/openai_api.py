@@ -49,6 +49,7 @@ class ApiMessage:
     text: str
     reasoning: str = ""
     image_ids: tuple[str, ...] = ()  # sha256 of each image part, decoded into `ChatRequest.images`
+    meta: dict[str, Any] = field(default_factory=dict)  # the passages found for it (documents.passages)
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,7 @@ class ChatRequest:
     seed: int | None
     stop: tuple[str, ...]
     images: dict[str, DecodedImage] = field(default_factory=dict)  # the messages' image parts, by sha256
+    collections: tuple[str, ...] = ()  # an extension: the document collections to answer from
 
 
 def _bad(message: str, param: str | None = None) -> ApiError:
@@ -193,7 +195,16 @@ def read_chat_request(raw: bytes) -> ChatRequest:
         include_usage=bool(options.get("include_usage", False)), think=_think(body),
         max_tokens=max_tokens, temperature=_number(body, "temperature", float, 0, 2),
         top_p=_number(body, "top_p", float, 0, 1), seed=_number(body, "seed", int, -(1 << 63), (1 << 63) - 1),
-        stop=stops, images=images)
+        stop=stops, images=images, collections=_collections(body))
+
+
+def _collections(body: dict) -> tuple[str, ...]:
+    names = body.get("collections")
+    if names is None:
+        return ()
+    if not isinstance(names, list) or not all(isinstance(n, str) and n.strip() for n in names):
+        raise _bad("'collections' must be a list of collection names", "collections")
+    return tuple(names)
 
 
 def _think(body: dict) -> bool | None:

@@ -10,6 +10,7 @@ loop as they come.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import logging
 import re
@@ -21,6 +22,9 @@ from dataclasses import dataclass
 from medgemma_models.mtmd_compat import RgbImage
 
 from ..conversation import ImageMissingError
+from ..documents.chunking import estimate_tokens
+from ..documents.collections import Collections
+from ..documents.passages import CITATIONS_META, document_budget, find_passages, question_meta
 from ..events import AnswerPiece, Failed, Finished, LoadError, ModelReady, ReasoningPiece, RuntimeEvent
 from ..generation import GenerationRequest, Loaded, ModelRequest
 from ..history import History, ModelRecord
@@ -77,6 +81,7 @@ class ChatService:
         self.runtime, self.library, self.config = runtime, library, config
         self.switch_models, self.save_to, self.load_options = switch_models, save_to, load_options
         self.served: Served | None = None
+        self.documents: Collections | None = None  # opened on the first request that names a collection
         self.requests_served = 0
         self._waiting = 0  # server requests accepted and not finished
         self._jobs: set[Job] = set()
@@ -242,6 +247,27 @@ class ChatService:
         log.info("answered with %s: %d prompt tokens (%d cached), %d generated, %s, %.1f s", served.id,
                  stats.prompt_tokens, stats.reused_tokens, stats.generated_tokens, stats.finish_reason,
                  time.monotonic() - started)
+
+    def with_documents(self, request: ChatRequest) -> tuple[ChatRequest, list[dict] | None]:
+        """The request with the passages of its `collections` placed in its last question (as the
+        window does), and their citations; (request, None) when it names no collection."""
+        if not request.collections:
+            return request, None
+        if self.documents is None:
+            self.documents = Collections()
+        missing = [name for name in request.collections if not self.documents.exists(name)]
+        if missing:
+            raise ApiError(404, f"there is no document collection named {missing[0]!r}", "collection_not_found",
+                           "collections")
+        names = list(request.collections)
+        n_ctx = self.served.loaded.n_ctx if self.served is not None else self.load_options.n_ctx
+        budget = document_budget(n_ctx, request.max_tokens or ChatSettings.from_dict({}).max_tokens)
+        questions = [m.text for m in request.messages if m.role == "user"]
+        chosen = find_passages(lambda q, limit: self.documents.search(names, q, limit),  # type: ignore[union-attr]
+                               questions, budget, estimate_tokens)
+        meta = question_meta(chosen)
+        last = dataclasses.replace(request.messages[-1], meta={**request.messages[-1].meta, **meta})
+        return dataclasses.replace(request, messages=(*request.messages[:-1], last)), meta[CITATIONS_META]
 
     def cancel_requests(self) -> None:
         """Stop every server answer, queued or running (the window's own answers go on)."""

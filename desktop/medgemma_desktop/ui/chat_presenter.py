@@ -10,12 +10,14 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
-from PySide6.QtCore import QObject, Signal, Slot
+from PySide6.QtCore import QObject, QUrl, Signal, Slot
+from PySide6.QtGui import QDesktopServices
 from PySide6.QtWidgets import QFileDialog, QWidget
 
 from medgemma_models.errors import MedGemmaError
 
 from ..answer import AnswerStats
+from ..documents.passages import CITATIONS_META
 from ..history import HistoryWriteError, Message
 from ..images.decode import DecodedImage, ImagePart
 from ..images.dicom import NOTICE as DICOM_NOTICE
@@ -50,7 +52,8 @@ class ChatPresenter(QObject, SessionListener):
                              (composer.cancel_edit_requested, self.cancel_edit),
                              (chat_view.edit_requested, self.edit_message),
                              (composer.attach_requested, self.ask_images), (composer.files_given, self.attach_files),
-                             (composer.image_pasted, self.attach_pasted)):
+                             (composer.image_pasted, self.attach_pasted),
+                             (chat_view.open_source_requested, self.open_source)):
             signal.connect(slot)
         self.images = ImageReader(session.images, self)
         self.images.read.connect(self._image_read)
@@ -206,12 +209,25 @@ class ChatPresenter(QObject, SessionListener):
         card.set_content(message.text, message.reasoning, message.meta.get("reasoning_tokens"))
         card.set_meta(meta_text(message.meta, message.complete, message.role))
         card.set_emergency_notice(message.meta.get("emergency_notice"))
+        if message.role == "model" and CITATIONS_META in message.meta:
+            card.set_citations(message.meta[CITATIONS_META])
         parts = [p for p in (ImagePart.from_dict(d) for d in message.meta.get("images") or []) if p is not None]
         if parts:
             card.show_images(parts, self.session.images)
 
     def answer_started(self, message_id: int, author: str) -> None:
         self.chat_view.start_answer(message_id, author, self.session.settings.show_reasoning_enabled)
+
+    def sources_found(self, message_id: int, citations: list) -> None:
+        self.chat_view.show_sources(message_id, citations)
+
+    @Slot(str)
+    def open_source(self, path: str) -> None:
+        """A click on a citation's Open: the system viewer gets the file; nothing else opens anything."""
+        if not Path(path).is_file():
+            self.report_error("Cannot open the source", f"{Path(path).name} is no longer at {path}.")
+            return
+        QDesktopServices.openUrl(QUrl.fromLocalFile(path))
 
     def emergency_noticed(self, message_id: int, notice: dict) -> None:
         self.chat_view.show_emergency_notice(message_id, notice)

@@ -11,6 +11,7 @@ from .message_view import MessageView
 class ChatView(QScrollArea):
     regenerate_requested = Signal(int)
     edit_requested = Signal(int)
+    open_source_requested = Signal(str)
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -64,6 +65,7 @@ class ChatView(QScrollArea):
         card = MessageView(message_id, role, author, self.widget())
         card.regenerate_requested.connect(self.regenerate_requested)
         card.edit_requested.connect(self.edit_requested)
+        card.open_source_requested.connect(self.open_source_requested)
         card.set_reasoning_visible(self._show_reasoning)
         self._layout.insertWidget(self._layout.count() - 1, card)
         self._cards.append(card)
@@ -77,6 +79,10 @@ class ChatView(QScrollArea):
         self._answer.set_streaming(True)
         self._answer.set_meta("Generating…")
         self.set_show_reasoning(show_reasoning)
+
+    def show_sources(self, message_id: int, citations: list) -> None:
+        if self._answer is not None and self._answer.message_id == message_id:
+            self._answer.set_citations(citations)
 
     def show_emergency_notice(self, message_id: int, notice: dict) -> None:
         if self._answer is not None and self._answer.message_id == message_id:

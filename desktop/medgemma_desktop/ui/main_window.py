@@ -16,6 +16,7 @@ from PySide6.QtWidgets import QMainWindow, QMessageBox, QSplitter, QVBoxLayout, 
 
 from ..answer import AnswerStats
 from ..generation import EngineLike
+from ..documents.collections import Collections
 from ..history import History
 from ..library import ModelLibrary
 from ..runtime import Runtime, RuntimeBackend
@@ -25,6 +26,7 @@ from .chat_presenter import ChatPresenter
 from .chat_view import ChatView
 from .composer import Composer
 from .dialogs import NoticeDialog, problem_box
+from .documents_panel import DocumentsPanel
 from .gui_gc import GuiThreadCollector
 from .model_bar import ModelBar
 from .model_presenter import ModelPresenter
@@ -52,7 +54,8 @@ class MainWindow(QMainWindow):
         self._problems: dict[str, QMessageBox] = {}  # the problem dialogs open now, by title
         self.library = ModelLibrary(history)
         self._start_runtime(engine_factory)
-        self.session = ChatSession(history, RuntimeBackend(self.runtime, self.bridge.deliver))
+        self.collections = Collections()
+        self.session = ChatSession(history, RuntimeBackend(self.runtime, self.bridge.deliver), documents=self.collections)
         self._relay = SessionRelay(self.session, self.bridge, self)
         self.setWindowTitle("MedGemma Edge")
         self.setObjectName("mainWindow")
@@ -67,6 +70,8 @@ class MainWindow(QMainWindow):
         self.server = ServerPanel(self, self.runtime, self.library, history, self.settings_panel)
         self.model_loaded.connect(self.server.model_changed)
         self.models.vision_changed.connect(self.chats.set_vision)
+        self.documents = DocumentsPanel(self, self.session, self.collections)
+        self.chats.state_changed.connect(self.documents.chat_changed)
         self.help = HelpMenu(self)
         self.chats.refresh_chats()
         self.models.refresh_models()
@@ -212,10 +217,12 @@ class MainWindow(QMainWindow):
             return
         self.models.stop_conversion()
         self.server.shutdown()
+        self.documents.shutdown()
         self.runtime.cancel_all()
         self.session.flush()
         self.runtime.close()  # the cancels above make this a wait of at most one token
         self._collector.stop()
+        self.collections.close()
         # Results the runtime sent before it stopped must not reach a window whose history may be closed.
         for receiver in (self, self._relay, self.models, self.status):
             QCoreApplication.removePostedEvents(receiver, QEvent.Type.MetaCall)

@@ -15,6 +15,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from ..documents.passages import Citation
 from ..images.decode import ImagePart
 from ..images.store import ImageStore
 from .image_strip import ImageStrip
@@ -156,6 +157,7 @@ class MessageView(QFrame):
 
     regenerate_requested = Signal(int)
     edit_requested = Signal(int)
+    open_source_requested = Signal(str)  # a cited file's path: only ever on the user's click
 
     def __init__(self, message_id: int, role: str, author: str, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -217,6 +219,15 @@ class MessageView(QFrame):
         layout.addWidget(self.images)
         layout.addWidget(self.body)
         layout.addWidget(self.reasoning)
+        # The answer's sources: file, page and snippet as plain text, each with an explicit Open.
+        self.sources = QFrame(self)
+        self.sources.setObjectName("sources")
+        self.sources.setVisible(False)
+        self._sources_layout = QVBoxLayout(self.sources)
+        self._sources_layout.setContentsMargins(0, 4, 0, 0)
+        self._sources_layout.setSpacing(2)
+        self.citations: list[Citation] = []
+        layout.addWidget(self.sources)
         layout.addLayout(actions)
 
     def set_emergency_notice(self, notice: dict | None) -> None:
@@ -230,6 +241,31 @@ class MessageView(QFrame):
         self.emergency.setText(line)
         self.emergency.setAccessibleName(line)
         self.emergency.setVisible(True)
+
+    def set_citations(self, stored: object) -> None:
+        """Show the answer's sources (`documents.passages.Citation` dicts); none found says so."""
+        if not isinstance(stored, list):
+            return
+        self.citations = [c for c in (Citation.from_dict(i) for i in stored if isinstance(i, dict)) if c is not None]
+        title = QLabel("Sources:" if self.citations else "Sources: no passage of the chat's documents matched.",
+                       self.sources)
+        title.setTextFormat(Qt.TextFormat.PlainText)
+        self._sources_layout.addWidget(title)
+        for citation in self.citations:
+            row = QHBoxLayout()
+            line = QLabel(f"[{citation.number}] {citation.source}, page {citation.page} — “{citation.snippet}”",
+                          self.sources)
+            line.setTextFormat(Qt.TextFormat.PlainText)  # the snippet is document text: never markup
+            line.setWordWrap(True)
+            line.setObjectName("citation")
+            opener = QToolButton(self.sources)
+            opener.setText("Open")
+            opener.setAccessibleName(f"Open {citation.source}")
+            opener.clicked.connect(lambda _=False, path=citation.path: self.open_source_requested.emit(path))
+            row.addWidget(line, 1)
+            row.addWidget(opener, 0, Qt.AlignmentFlag.AlignTop)
+            self._sources_layout.addLayout(row)
+        self.sources.setVisible(True)
 
     def show_images(self, parts: list[ImagePart], store: ImageStore) -> None:
         """The message's images as thumbnails, made once here from the stored files."""
