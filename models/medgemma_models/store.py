@@ -25,14 +25,14 @@ def home() -> Path:
     """The data folder: $MEDGEMMA_HOME, else the platform's user data folder."""
     override = os.environ.get(HOME_ENV)
     folder = Path(override) if override else Path(platformdirs.user_data_dir(APP_NAME, appauthor=False))
-    return _private_folder(folder)
+    return private_folder(folder)
 
 
 def models_dir() -> Path:
-    return _private_folder(home() / "models")
+    return private_folder(home() / "models")
 
 
-def _private_folder(folder: Path) -> Path:
+def private_folder(folder: Path) -> Path:
     """Create `folder` if needed, readable by its owner only (it holds chats and the models they used)."""
     try:
         folder.mkdir(parents=True, exist_ok=True)

@@ -325,12 +325,7 @@ class Collection:
         with self._write() as db:
             if known is not None:
                 self._delete_chunks(db, [known[5]])
-            db.execute(
-                "INSERT INTO files (path, size, mtime_ns, sha256, pages, skipped, indexed_at) VALUES (?, ?, ?, ?, ?, NULL, ?)"
-                " ON CONFLICT (path) DO UPDATE SET size = excluded.size, mtime_ns = excluded.mtime_ns,"
-                " sha256 = excluded.sha256, pages = excluded.pages, skipped = NULL, indexed_at = excluded.indexed_at",
-                (name, stat.st_size, stat.st_mtime_ns, digest, len(pages), time.time()))
-            file_id = db.execute("SELECT id FROM files WHERE path = ?", (name,)).fetchone()[0]
+            file_id = self._record_file(db, name, stat, digest, len(pages), None)
             for chunk in chunks:
                 cursor = db.execute('INSERT INTO chunks (file_id, page, start, "end", tokens) VALUES (?, ?, ?, ?, ?)',
                                     (file_id, chunk.page, chunk.start, chunk.end, chunk.tokens))
@@ -353,11 +348,19 @@ class Collection:
         with self._write() as db:
             if known is not None:
                 self._delete_chunks(db, [known[5]])
-            db.execute(
-                "INSERT INTO files (path, size, mtime_ns, sha256, pages, skipped, indexed_at) VALUES (?, ?, ?, '', 0, ?, ?)"
-                " ON CONFLICT (path) DO UPDATE SET size = excluded.size, mtime_ns = excluded.mtime_ns, sha256 = '',"
-                " pages = 0, skipped = excluded.skipped, indexed_at = excluded.indexed_at",
-                (name, stat.st_size, stat.st_mtime_ns, reason, time.time()))
+            self._record_file(db, name, stat, "", 0, reason)
+
+    @staticmethod
+    def _record_file(db: sqlite3.Connection, name: str, stat: os.stat_result, sha256: str, pages: int,
+                     skipped: str | None) -> int:
+        """Insert or update a file's row (skipped: why it was not indexed, None when it was); its id."""
+        db.execute(
+            "INSERT INTO files (path, size, mtime_ns, sha256, pages, skipped, indexed_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (path) DO UPDATE SET size = excluded.size, mtime_ns = excluded.mtime_ns,"
+            " sha256 = excluded.sha256, pages = excluded.pages, skipped = excluded.skipped,"
+            " indexed_at = excluded.indexed_at",
+            (name, stat.st_size, stat.st_mtime_ns, sha256, pages, skipped, time.time()))
+        return int(db.execute("SELECT id FROM files WHERE path = ?", (name,)).fetchone()[0])
 
     # -- deleting -------------------------------------------------------------------------
 

@@ -12,8 +12,7 @@ import re
 from pathlib import Path
 
 from medgemma_models.errors import StoreError
-from medgemma_models.files import PRIVATE_FOLDER_MODE, make_private
-from medgemma_models.store import home
+from medgemma_models.store import home, private_folder
 
 from .collection import Collection, Hit
 
@@ -23,13 +22,7 @@ SUFFIX = ".sqlite3"
 
 
 def documents_dir() -> Path:
-    folder = home() / "documents"
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        make_private(folder, PRIVATE_FOLDER_MODE)
-    except OSError as exc:
-        raise StoreError(f"cannot use {folder} for document indexes: {exc.strerror or exc}") from exc
-    return folder
+    return private_folder(home() / "documents")
 
 
 def file_name(name: str) -> str:

@@ -54,14 +54,14 @@ def dicom_picture(data: bytes, name: str, frame: int = 0) -> tuple[Any, dict[str
     if syntax is not None and syntax.is_compressed:
         try:
             available = get_decoder(syntax).is_available
-        except NotImplementedError:
+        except RuntimeError:  # pydicom has no decoder for this syntax at all
             available = False
         if not available:
             raise ImageError(f"{name} is compressed as {syntax.name}, which no installed DICOM decoder reads "
                              "(pylibjpeg or GDCM would)")
     try:
         pixels = pixel_array(dataset, index=frame if frames > 1 else None)
-    except (NotImplementedError, RuntimeError, ValueError, AttributeError, KeyError, TypeError) as exc:
+    except (RuntimeError, ValueError, AttributeError, KeyError, TypeError) as exc:
         raise ImageError(f"{name} has damaged pixel data, or pixel data that does not match its header") from exc
     photometric = str(dataset.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     if pixels.ndim == 3 and pixels.shape[-1] == 3:  # colour: pydicom gives RGB already

@@ -14,9 +14,9 @@ import re
 from pathlib import Path
 
 from medgemma_models.errors import OutputError, StoreError
-from medgemma_models.files import PRIVATE_FOLDER_MODE, atomic_output, make_private
+from medgemma_models.files import atomic_output
 from medgemma_models.mtmd_compat import RgbImage
-from medgemma_models.store import home
+from medgemma_models.store import home, private_folder
 
 from ..conversation import ImageMissingError
 from .decode import DecodedImage
@@ -45,8 +45,7 @@ class ImageStore:
         if path.is_file():
             return path
         try:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            make_private(self.folder, PRIVATE_FOLDER_MODE)
+            private_folder(self.folder)
             with atomic_output(path, force=True, per_process=True) as partial:
                 partial.write_bytes(image.png)
         except OSError as exc:
