@@ -61,7 +61,9 @@ def meta_text(meta: dict[str, Any], complete: bool, role: str) -> str:
             parts.append("cut at max tokens")
         if stats.get("images_encoded"):  # a follow-up about the same image finds it in the cache: none
             count = stats["images_encoded"]
-            parts.append(f"{count} image{'s' if count > 1 else ''} encoded in {stats.get('image_encode_ms', 0) / 1000:.1f} s")
+            ms = float(stats.get("image_encode_ms", 0))
+            took = f"{ms / 1000:.1f} s" if ms >= 1000 else f"{ms:.0f} ms"
+            parts.append(f"{count} image{'s' if count > 1 else ''} encoded in {took}")
     if meta.get("dropped_images"):
         parts.append(f"{meta['dropped_images']} earlier image(s) left out: the context is full")
     if meta.get("unterminated_reasoning"):

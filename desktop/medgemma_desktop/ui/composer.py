@@ -8,7 +8,7 @@ from pathlib import Path
 
 from PySide6.QtCore import QBuffer, QByteArray, QIODevice, QMimeData, Qt, Signal, Slot
 from PySide6.QtGui import QDragEnterEvent, QDropEvent, QImage, QKeyEvent
-from PySide6.QtWidgets import QHBoxLayout, QLabel, QPlainTextEdit, QPushButton, QToolButton, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QHBoxLayout, QLabel, QPlainTextEdit, QPushButton, QVBoxLayout, QWidget
 
 from ..images.decode import ImagePart
 from .dialogs import NOTICE_LINE
@@ -91,7 +91,7 @@ class Composer(QWidget):
         self.input.submitted.connect(self._on_submit)
         self.input.files_given.connect(self.files_given)
         self.input.image_pasted.connect(self.image_pasted)
-        self.attach = QToolButton(self)
+        self.attach = QPushButton(self)
         self.attach.setObjectName("attachButton")
         self.attach.setText("Image…")
         self.attach.setAccessibleName("Attach images")

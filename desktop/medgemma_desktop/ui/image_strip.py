@@ -69,6 +69,7 @@ class ImageStrip(QWidget):
         column.addWidget(picture)
         if self.removable:
             remove = QToolButton(cell)
+            remove.setObjectName("cardAction")
             remove.setText("×")
             remove.setAccessibleName("Remove this image")
             remove.clicked.connect(lambda: self.remove(part.sha256))

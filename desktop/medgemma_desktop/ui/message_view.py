@@ -259,6 +259,7 @@ class MessageView(QFrame):
             line.setWordWrap(True)
             line.setObjectName("citation")
             opener = QToolButton(self.sources)
+            opener.setObjectName("cardAction")
             opener.setText("Open")
             opener.setAccessibleName(f"Open {citation.source}")
             opener.clicked.connect(lambda _=False, path=citation.path: self.open_source_requested.emit(path))

@@ -25,6 +25,10 @@ QListWidget#chatList {{ background: transparent; border: none; color: #cfd4dc; o
 QListWidget#chatList::item {{ padding: 8px 8px; border-radius: 6px; margin: 1px 0; }}
 QListWidget#chatList::item:hover {{ background: #1b1f26; }}
 QListWidget#chatList::item:selected {{ background: #23303a; color: #ffffff; }}
+QListWidget#collections {{ background: #181b21; border: 1px solid #2a2f38; border-radius: 6px; color: #cfd4dc; }}
+QListWidget#collections::item {{ padding: 6px; }}
+QListWidget#collections::item:selected {{ background: #23303a; color: #ffffff; }}
+QLabel#citation {{ color: #b9c0cb; font-size: 12px; }}
 
 QLineEdit, QPlainTextEdit, QSpinBox, QDoubleSpinBox, QComboBox {{
     background: #1d2027; color: #e6e8ec; border: 1px solid #2e333d; border-radius: 7px; padding: 5px 8px;
