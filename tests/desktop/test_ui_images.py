@@ -79,3 +79,27 @@ def test_a_text_only_model_disables_attaching_and_says_why(qtbot, make_window):
     window = make_window(settings=FAST_SETTINGS)  # the real 270M: no projector
     assert not window.composer.attach.isEnabled()
     assert window.composer.attach.toolTip() == NO_VISION_TIP
+
+
+def test_opening_the_projector_opens_its_model_listed_as_one_vision_entry(qtbot, make_window, vision_pair, tmp_path):
+    import shutil
+
+    window = make_window(settings=FAST_SETTINGS)  # the 270M first: no vision
+    assert not window.session.vision
+    with qtbot.waitSignal(window.model_loaded, timeout=120_000):
+        assert window.models.open_model_file(vision_pair.mmproj)  # the user picked the mmproj file
+    assert window.library.current.path == vision_pair.model and window.session.vision
+    assert window.composer.attach.isEnabled()
+    # The model list: one entry for the pair, marked "vision"; the projector is not a model of its own.
+    qtbot.waitUntil(lambda: any(e.vision for e in window.library.entries()), timeout=30_000)
+    entries = [e for e in window.library.entries() if e.path in (vision_pair.model, vision_pair.mmproj)]
+    assert len(entries) == 1 and entries[0].title.endswith("· vision")
+
+    # A projector alone in its folder: refused in one sentence, and the model in use stays.
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    shutil.copy(vision_pair.mmproj, alone / vision_pair.mmproj.name)
+    errors: list[str] = []
+    window.models.report_error = lambda title, message: errors.append(message)
+    assert not window.models.open_model_file(alone / vision_pair.mmproj.name)
+    assert "no model beside it fits it" in errors[0] and window.library.current.path == vision_pair.model
