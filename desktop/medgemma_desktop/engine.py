@@ -259,6 +259,9 @@ class Engine:
         only the text after it.
         """
         llm = self._require()
+        # Only this prompt's images are kept in memory (a stored picture can be 12 MB of pixels).
+        in_prompt = {t for t in tokens if t < 0}
+        self._images = {placeholder: image for placeholder, image in self._images.items() if placeholder in in_prompt}
         last = max((i for i, t in enumerate(tokens) if t < 0), default=-1)
         if last < 0:
             return 0, 0.0
