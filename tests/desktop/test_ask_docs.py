@@ -7,7 +7,6 @@ the index lives in the asker's temporary folder, never in the data folder.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -19,6 +18,7 @@ import pytest
 from medgemma_desktop.ask import Asker
 from medgemma_desktop.documents.passages import HEADER, NOTHING_FOUND
 from medgemma_desktop.engine import Engine
+from tests.desktop.test_ask import run_ask
 from tests.support.document_files import GUIDE_PAGES, write_malformed_pdf, write_pdf
 
 QUESTION = "Which drug is first-line for a diabetic adult, and at what dose?"
@@ -40,13 +40,6 @@ def asker(gemma_270m: Path) -> Iterator[Asker]:
     with Asker(gemma_270m, [], engine_factory=Engine) as asker:
         yield asker
 
-
-def run_ask(*args: str) -> subprocess.CompletedProcess[str]:
-    """The installed entry point's code in a child process with no display (MEDGEMMA_HOME is the test's)."""
-    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM")}
-    code = "import sys; from medgemma_desktop.cli import main; sys.exit(main(sys.argv[1:]))"
-    return subprocess.run([sys.executable, "-c", code, "--ask", *args], capture_output=True, text=True, env=env,
-                          timeout=600, check=False)
 
 
 def test_the_answer_cites_the_file_and_page(asker: Asker, docs: Path, medgemma_home: Path) -> None:
