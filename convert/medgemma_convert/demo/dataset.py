@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,8 @@ PRESET_NAME = "medical-cot-270m"
 DATA_DIR = Path(__file__).with_name("data")
 FIELDS = ("id", "topic", "question", "reasoning", "answer", "split")
 SPLITS = ("train", "heldout")
+# Two or three short phrases a right answer contains; "a|b" accepts either wording.
+KEY_FACTS = (2, 3)
 
 
 class DemoDataError(MedGemmaError):
@@ -37,6 +40,7 @@ class Item:
     reasoning: str
     answer: str
     split: Literal["train", "heldout"]
+    key_facts: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -94,7 +98,29 @@ def _parse_item(line: str, where: str) -> Item:
         for marker in (THINK_OPEN, THINK_CLOSE, END_OF_TURN, "<start_of_turn>", "<bos>"):
             if marker in record[key]:
                 raise DemoDataError(f"{where}: {key} contains the marker {marker}")
-    return Item(**{key: record[key].strip() for key in FIELDS})  # type: ignore[arg-type]
+    facts = record.get("key_facts", [])
+    if not (isinstance(facts, list) and all(isinstance(f, str) and f.strip() for f in facts)):
+        raise DemoDataError(f"{where}: key_facts must be a list of non-empty phrases")
+    fields = {key: record[key].strip() for key in FIELDS}
+    return Item(**fields, key_facts=tuple(f.strip() for f in facts))  # type: ignore[arg-type]
+
+
+def _normalized(text: str) -> str:
+    # "SGLT-2" and "SGLT2", "beta-blocker" and "beta blocker", line breaks and spaces read the same.
+    return " ".join(re.sub(r"[-\u2010-\u2014]", " ", text.lower()).replace("sglt 2", "sglt2").split())
+
+
+def key_fact_found(fact: str, answer: str) -> bool:
+    """Whether `answer` states `fact`: one of its "|"-separated wordings, case and hyphens aside."""
+    text = _normalized(answer)
+    return any(_normalized(wording) in text for wording in fact.split("|") if wording.strip())
+
+
+def key_fact_recall(item: Item, answer: str) -> float:
+    """The share of the item's key facts that `answer` states."""
+    if not item.key_facts:
+        raise DemoDataError(f"item {item.id} has no key_facts")
+    return sum(key_fact_found(fact, answer) for fact in item.key_facts) / len(item.key_facts)
 
 
 def thinks(item: Item) -> bool:

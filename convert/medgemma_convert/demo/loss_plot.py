@@ -1,7 +1,8 @@
 """A loss curve as a PNG, drawn with numpy and written with zlib (matplotlib is not a dependency).
 
-Grey: the loss of each step (one sequence). Blue: its running mean over `window` steps. Dashed
-vertical lines: epoch boundaries. Axis labels use a built-in 3×5 pixel font.
+Grey: the loss of each step (one sequence). Blue: its running mean over `window` steps. Orange: the
+held-out loss measured at the end of each epoch (and before the first step). Dashed vertical lines:
+epoch boundaries. Axis labels use a built-in 3×5 pixel font.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from medgemma_models.files import atomic_output
 WIDTH, HEIGHT = 800, 400
 LEFT, RIGHT, TOP, BOTTOM = 56, 16, 28, 40
 WHITE, BLACK, GREY, BLUE, LIGHT = (255, 255, 255), (0, 0, 0), (190, 190, 190), (31, 90, 200), (225, 225, 225)
+ORANGE = (220, 110, 20)
 SCALE = 2  # font pixels per glyph pixel
 
 # 3×5 glyphs, rows top to bottom, "1" = ink; letters are drawn as capitals.
@@ -26,20 +28,24 @@ GLYPHS = {
     "0": "111101101101111", "1": "010110010010111", "2": "111001111100111", "3": "111001111001111",
     "4": "101101111001001", "5": "111100111001111", "6": "111100111101111", "7": "111001001001001",
     "8": "111101111101111", "9": "111101111001111", ".": "000000000000010", " ": "000000000000000",
-    "A": "010101111101101", "C": "011100100100011", "E": "111100110100111", "F": "111100110100100",
+    "A": "010101111101101", "C": "011100100100011", "D": "110101101101110", "U": "101101101101111", "E": "111100110100111", "F": "111100110100100",
     "H": "101101111101101", "L": "100100100100111", "M": "101111111101101", "N": "110101101101101",
     "O": "010101101101010", "P": "110101110100100", "R": "110101110101101", "S": "011100010001110",
     "T": "111010010010010",
 }
 
 
-def write_loss_png(losses: Sequence[float], path: Path, steps_per_epoch: int | None = None, window: int = 25) -> None:
-    """Draw the per-step losses and their running mean into an 800×400 PNG at `path` (replaced atomically)."""
+def write_loss_png(losses: Sequence[float], path: Path, steps_per_epoch: int | None = None, window: int = 25,
+                   heldout: Sequence[tuple[int, float]] = ()) -> None:
+    """Draw the per-step losses, their running mean and the held-out loss into an 800×400 PNG at `path`.
+
+    `heldout` holds (steps trained, loss) pairs. The file is replaced atomically.
+    """
     if not losses:
         raise ValueError("no losses to plot")
     image = np.full((HEIGHT, WIDTH, 3), 255, dtype=np.uint8)
     x0, x1, y0, y1 = LEFT, WIDTH - RIGHT, HEIGHT - BOTTOM, TOP
-    top = _nice_ceiling(max(losses))
+    top = _nice_ceiling(max([*losses, *(loss for _, loss in heldout)]))
     n = len(losses)
 
     def px(step: float) -> float:
@@ -69,12 +75,21 @@ def write_loss_png(losses: Sequence[float], path: Path, steps_per_epoch: int | N
     _polyline(image, points, GREY, thickness=1)
     mean = _running_mean(losses, window)
     _polyline(image, [(px(i), py(v)) for i, v in enumerate(mean)], BLUE, thickness=2)
+    if heldout:
+        # After s steps the model has seen steps 0..s-1: its point sits at x of step s - 1 (step 0 before training).
+        marks = [(px(max(0, steps - 1)), py(loss)) for steps, loss in heldout]
+        _polyline(image, marks, ORANGE, thickness=2)
+        for x, y in marks:
+            image[max(0, round(y) - 3):round(y) + 4, max(0, round(x) - 3):round(x) + 4] = ORANGE
 
     _text(image, "step", (x0 + x1) // 2 - _text_width("step") // 2, HEIGHT - 14)
     _text(image, "loss", 8, 8)
     legend = f"mean of {window} steps"
     _text(image, legend, x1 - _text_width(legend), 8, BLUE)
     _text(image, "per step", x1 - _text_width(legend) - 24 - _text_width("per step"), 8, GREY)
+    if heldout:
+        right = x1 - _text_width(legend) - 24 - _text_width("per step") - 24
+        _text(image, "held out", right - _text_width("held out"), 8, ORANGE)
     with atomic_output(Path(path), force=True) as temporary:
         temporary.write_bytes(encode_png(image))
 

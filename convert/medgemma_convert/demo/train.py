@@ -1,12 +1,17 @@
 """Train the demo chain-of-thought LoRA on CPU: PEFT, float32, loss on the answer tokens only.
 
-    python -m medgemma_convert.demo.train --base HF_DIR --data DATA_DIR --out OUT_DIR [--epochs N] [--seed S]
+    python -m medgemma_convert.demo.train --base HF_DIR --data DATA_DIR --out OUT_DIR [--epochs N] [--patience P]
 
 One sequence a step, so there is no padding at all. The output matrix of Gemma-3 (262,144 rows, tied
 to the embeddings) costs more than the whole decoder body for a 270M model, so the model's own head is
 not called: the decoder body gives the hidden states, and the tied matrix is applied only at the
-positions that predict answer tokens. OUT_DIR receives `adapter/` (PEFT's save_pretrained),
-`loss.csv` (one row a step), `loss.png` and `summary.json`.
+positions that predict answer tokens.
+
+Before the first step and after every epoch the held-out items are scored (each with Think on and
+off, no gradient). Training stops once the held-out loss has not improved for `patience` epochs, and
+the epoch with the lowest held-out loss is the result. OUT_DIR receives `adapter-epochN/` for every
+epoch, `adapter/` (a copy of the best one; PEFT's save_pretrained), `loss.csv` (one row a step),
+`epochs.csv` (training and held-out loss per epoch), `loss.png` and `summary.json`.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from typing import Any
 from medgemma_models.errors import MedGemmaError
 
 from ..progress import Progress, TextBar
-from .dataset import DATA_DIR, Example, load_items, training_examples
+from .dataset import DATA_DIR, Example, encode, load_items, training_examples
 from .loss_plot import write_loss_png
 
 LOSS_WINDOW = 50
@@ -41,7 +46,8 @@ class TrainOptions:
     base: Path
     data: Path
     out: Path
-    epochs: int = 1
+    epochs: int = 1  # at most: the held-out loss may stop the run sooner
+    patience: int = 1  # epochs without a better held-out loss before stopping
     seed: int = 0
     learning_rate: float = 3e-4
     rank: int = 16
@@ -53,8 +59,8 @@ class TrainOptions:
     def validate(self) -> None:
         if not (self.base / "config.json").is_file():
             raise MedGemmaError(f"--base is not a Hugging Face model folder (no config.json): {self.base}")
-        if self.epochs < 1 or self.rank < 1 or self.learning_rate <= 0:
-            raise MedGemmaError("--epochs, --rank and --learning-rate must be positive")
+        if self.epochs < 1 or self.rank < 1 or self.learning_rate <= 0 or self.patience < 1:
+            raise MedGemmaError("--epochs, --patience, --rank and --learning-rate must be positive")
         if self.out.exists() and any(self.out.iterdir()):
             raise MedGemmaError(f"output folder is not empty: {self.out}")
 
@@ -62,7 +68,10 @@ class TrainOptions:
 @dataclass(frozen=True)
 class TrainSummary:
     steps: int
-    epochs: int
+    epochs: int  # trained (the run may stop before --epochs)
+    best_epoch: int  # the one saved as `adapter/`: lowest held-out loss (0 when there is no held-out split)
+    heldout_losses: list[float]  # before training, then after each epoch
+    epoch_losses: list[float]  # mean training loss of each epoch
     train_items: int
     think_off_items: int
     tokens: int
@@ -92,6 +101,14 @@ def answer_loss(causal_lm: Any, example: Example) -> Any:
     if cap:
         logits = torch.tanh(logits / cap) * cap
     return F.cross_entropy(logits, ids[0, example.n_prompt:])
+
+
+def heldout_loss(causal_lm: Any, examples: Sequence[Example]) -> float:
+    """Mean answer loss over `examples`, without gradients (dropout is 0, so train mode changes nothing)."""
+    import torch
+
+    with torch.no_grad():
+        return sum(float(answer_loss(causal_lm, e)) for e in examples) / len(examples)
 
 
 def learning_rate_at(step: int, total: int, peak: float, warmup: int) -> float:
@@ -141,7 +158,9 @@ def _train(options: TrainOptions, progress: Progress) -> TrainSummary:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(options.base)
-    examples = training_examples(tokenizer, load_items(options.data))
+    items = load_items(options.data)
+    examples = training_examples(tokenizer, items)
+    heldout = [encode(tokenizer, item, think) for item in items if item.split == "heldout" for think in (True, False)]
     if not examples:
         raise MedGemmaError(f"no training items (split 'train') in {options.data}")
 
@@ -162,6 +181,9 @@ def _train(options: TrainOptions, progress: Progress) -> TrainSummary:
 
     options.out.mkdir(parents=True, exist_ok=True)
     losses: list[float] = []
+    heldout_losses = [heldout_loss(causal_lm, heldout)] if heldout else []
+    epoch_losses: list[float] = []
+    best_epoch = 0
     tokens = answer_tokens = 0
     started, cpu_started = time.perf_counter(), time.process_time()
     with open(options.out / "loss.csv", "w", newline="", encoding="utf-8") as log:
@@ -188,17 +210,40 @@ def _train(options: TrainOptions, progress: Progress) -> TrainSummary:
                              f"{time.perf_counter() - started:.1f}"])
             log.flush()
             progress("training", step + 1, total)
-            if step + 1 < total and order[step + 1][0] != epoch:
-                # A finished epoch is kept: a run stopped later still leaves a usable adapter.
+            if step + 1 == total or order[step + 1][0] != epoch:
+                # Every finished epoch is kept: a run stopped later still leaves a usable adapter.
                 _save_adapter(peft_model, options.out / f"adapter-epoch{epoch + 1}")
+                epoch_losses.append(sum(losses[-len(examples):]) / min(len(losses), len(examples)))
+                if not heldout:
+                    best_epoch = epoch + 1
+                    continue
+                heldout_losses.append(heldout_loss(causal_lm, heldout))
+                progress(f"held-out loss after epoch {epoch + 1}: {heldout_losses[-1]:.4f}", step + 1, total)
+                if heldout_losses[-1] < min(heldout_losses[:-1]) or best_epoch == 0:
+                    best_epoch = epoch + 1
+                elif epoch + 1 - best_epoch >= options.patience:
+                    break
     seconds = time.perf_counter() - started
     cpu_seconds = time.process_time() - cpu_started
 
-    _save_adapter(peft_model, options.out / "adapter")
-    write_loss_png(losses, options.out / "loss.png", steps_per_epoch=len(examples))
+    best = options.out / "adapter.partial"
+    shutil.rmtree(best, ignore_errors=True)
+    shutil.copytree(options.out / f"adapter-epoch{best_epoch}", best)
+    best.rename(options.out / "adapter")
+    with open(options.out / "epochs.csv", "w", newline="", encoding="utf-8") as table:
+        writer = csv.writer(table)
+        writer.writerow(["epoch", "steps", "train_loss", "heldout_loss"])
+        for epoch in range(len(epoch_losses) + 1):
+            train_loss = f"{epoch_losses[epoch - 1]:.5f}" if epoch else ""
+            held = f"{heldout_losses[epoch]:.5f}" if epoch < len(heldout_losses) else ""
+            writer.writerow([epoch, min(epoch * len(examples), len(losses)), train_loss, held])
+    marks = [(min(epoch * len(examples), len(losses)), loss) for epoch, loss in enumerate(heldout_losses)]
+    write_loss_png(losses, options.out / "loss.png", steps_per_epoch=len(examples), heldout=marks)
     first, last = losses[:LOSS_WINDOW], losses[-LOSS_WINDOW:]
     summary = TrainSummary(
-        steps=total, epochs=options.epochs, train_items=len(examples),
+        steps=len(losses), epochs=len(epoch_losses), best_epoch=best_epoch,
+        heldout_losses=[round(v, 4) for v in heldout_losses], epoch_losses=[round(v, 4) for v in epoch_losses],
+        train_items=len(examples),
         think_off_items=sum(not e.think for e in examples), tokens=tokens, answer_tokens=answer_tokens,
         seconds=round(seconds, 1), cpu_seconds=round(cpu_seconds, 1), tokens_per_second=round(tokens / seconds, 1),
         first_loss=round(sum(first) / len(first), 4), final_loss=round(sum(last) / len(last), 4), seed=options.seed,
@@ -221,7 +266,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--base", required=True, type=Path, help="Hugging Face folder of the base (e.g. from export-hf)")
     p.add_argument("--data", type=Path, default=DATA_DIR, help="folder of *.jsonl dataset files")
     p.add_argument("--out", required=True, type=Path, help="new or empty output folder")
-    p.add_argument("--epochs", type=int, default=TrainOptions.epochs)
+    p.add_argument("--epochs", type=int, default=TrainOptions.epochs, help="at most this many epochs")
+    p.add_argument("--patience", type=int, default=TrainOptions.patience,
+                   help="stop after this many epochs without a lower held-out loss")
     p.add_argument("--seed", type=int, default=TrainOptions.seed)
     p.add_argument("--learning-rate", type=float, default=TrainOptions.learning_rate)
     p.add_argument("--rank", type=int, default=TrainOptions.rank)
@@ -236,7 +283,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Before torch loads OpenMP: idle threads sleep instead of spinning. On a shared CPU a spinning
     # thread burns the time slice its partner needs (measured here: 5x the CPU time per step).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    options = TrainOptions(base=args.base, data=args.data, out=args.out, epochs=args.epochs, seed=args.seed,
+    options = TrainOptions(base=args.base, data=args.data, out=args.out, epochs=args.epochs,
+                           patience=args.patience, seed=args.seed,
                            learning_rate=args.learning_rate, rank=args.rank, alpha=args.alpha,
                            max_steps=args.max_steps, threads=args.threads)
     bar = TextBar()
@@ -247,7 +295,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     bar.close()
-    print(f"{summary.steps} steps in {summary.seconds:.0f} s ({summary.cpu_seconds:.0f} s of CPU), "
+    print(f"{summary.epochs} epochs, best {summary.best_epoch} (held-out loss "
+          f"{' -> '.join(f'{v:.3f}' for v in summary.heldout_losses)}); "
+          f"{summary.steps} steps in {summary.seconds:.0f} s ({summary.cpu_seconds:.0f} s of CPU), "
           f"{summary.tokens_per_second:.1f} tokens/s "
           f"({summary.tokens} tokens, {summary.answer_tokens} with loss); loss {summary.first_loss:.3f} -> "
           f"{summary.final_loss:.3f}; adapter in {options.out / 'adapter'}")
