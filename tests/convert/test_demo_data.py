@@ -11,6 +11,8 @@ from medgemma_convert.demo.dataset import (
     DemoDataError,
     Item,
     encode,
+    key_fact_found,
+    key_fact_recall,
     load_items,
     preset,
     prompt_text,
@@ -96,6 +98,38 @@ def test_a_bad_item_is_refused_naming_the_file_and_line(tmp_path: Path, line: st
     good = json.dumps({"id": "a", "topic": "t", "question": "q", "reasoning": "r", "answer": "a", "split": "train"})
     (tmp_path / "part.jsonl").write_text(good + "\n" + line + "\n", encoding="utf-8")
     with pytest.raises(DemoDataError, match=rf"part\.jsonl line 2: .*{message}"):
+        load_items(tmp_path)
+
+
+def test_every_item_has_two_or_three_short_key_facts_found_in_its_own_answer(items: list[Item]) -> None:
+    for item in items:
+        assert 2 <= len(item.key_facts) <= 3, item.id
+        for fact in item.key_facts:
+            assert key_fact_found(fact, item.answer), (item.id, fact)
+            # The first wording is the one the answer uses; the others are alternatives.
+            assert key_fact_found(fact.split("|")[0], item.answer), (item.id, fact)
+            assert all(1 <= len(wording.split()) <= 6 for wording in fact.split("|")), (item.id, fact)
+
+
+def test_a_key_fact_matches_any_wording_regardless_of_case_and_hyphens() -> None:
+    answer = "Give an SGLT-2 inhibitor and a Beta Blocker; adrenaline if shocked."
+    assert key_fact_found("sglt2 inhibitor", answer)
+    assert key_fact_found("beta-blocker", answer)
+    assert key_fact_found("epinephrine|adrenaline", answer)
+    assert not key_fact_found("metformin|GLP-1 receptor agonist", answer)
+    item = Item("x", "t", "q", "r", "a", "train", key_facts=("metformin", "beta-blocker", "adrenaline"))
+    assert key_fact_recall(item, answer) == pytest.approx(2 / 3)
+    assert key_fact_recall(item, "Rest.") == 0.0
+    with pytest.raises(DemoDataError, match="no key_facts"):
+        key_fact_recall(Item("y", "t", "q", "r", "a", "train"), answer)
+
+
+@pytest.mark.parametrize("facts", ["metformin", [1, 2], ["metformin", " "]])
+def test_an_item_whose_key_facts_are_not_a_list_of_phrases_is_refused(tmp_path: Path, facts: object) -> None:
+    line = json.dumps({"id": "a", "topic": "t", "question": "q", "reasoning": "r", "answer": "a",
+                       "key_facts": facts, "split": "train"})
+    (tmp_path / "part.jsonl").write_text(line + "\n", encoding="utf-8")
+    with pytest.raises(DemoDataError, match=r"part\.jsonl line 1: key_facts must be a list"):
         load_items(tmp_path)
 
 
