@@ -95,3 +95,34 @@ def test_a_folder_that_is_not_a_model_is_refused(tmp_path: Path) -> None:
 
     with pytest.raises(MedGemmaError, match="no config.json"):
         train(TrainOptions(base=tmp_path, data=tmp_path, out=tmp_path / "out"), no_progress)
+
+
+def adapter_weights(folder: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(folder / "adapter_model.safetensors")
+
+
+@pytest.mark.parametrize("keep", ["heldout", "last"])
+def test_the_held_out_loss_picks_the_adapter_or_the_last_epoch_is_kept(tiny, tmp_path: Path, keep: str) -> None:
+    import torch
+
+    out = tmp_path / "out"
+    # A learning rate this high overfits the one training item at once: the held-out loss rises after epoch 1.
+    options = TrainOptions(base=tiny.base("gemma3"), data=write_data(tmp_path / "data", ITEMS), out=out, epochs=4,
+                           learning_rate=5e-2, warmup_steps=1, patience=2, keep=keep)
+    summary = train(options, no_progress)
+
+    held = summary.heldout_losses
+    assert len(held) == summary.epochs + 1  # before training, then after every epoch
+    assert summary.best_epoch == 1 + held[1:].index(min(held[1:]))
+    if keep == "heldout":
+        # Stopped once `patience` epochs went by without a lower held-out loss, or ran all four.
+        assert summary.epochs == 4 or summary.epochs - summary.best_epoch == 2
+        assert summary.kept_epoch == summary.best_epoch
+    else:
+        assert (summary.epochs, summary.kept_epoch) == (4, 4)
+    kept, other = adapter_weights(out / "adapter"), adapter_weights(out / f"adapter-epoch{summary.kept_epoch}")
+    assert kept.keys() == other.keys() and all(torch.equal(kept[k], other[k]) for k in kept)
+    rows = (out / "epochs.csv").read_text(encoding="utf-8").splitlines()
+    assert rows[0] == "epoch,steps,train_loss,heldout_loss" and len(rows) == summary.epochs + 2

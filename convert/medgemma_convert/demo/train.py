@@ -38,6 +38,7 @@ from .dataset import DATA_DIR, Example, encode, load_items, training_examples
 from .loss_plot import write_loss_png
 
 LOSS_WINDOW = 50
+KEEP = ("heldout", "last")
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -48,6 +49,7 @@ class TrainOptions:
     out: Path
     epochs: int = 1  # at most: the held-out loss may stop the run sooner
     patience: int = 1  # epochs without a better held-out loss before stopping
+    keep: str = "heldout"  # which epoch becomes adapter/: the lowest held-out loss, or the last of all --epochs
     seed: int = 0
     learning_rate: float = 3e-4
     rank: int = 16
@@ -61,6 +63,8 @@ class TrainOptions:
             raise MedGemmaError(f"--base is not a Hugging Face model folder (no config.json): {self.base}")
         if self.epochs < 1 or self.rank < 1 or self.learning_rate <= 0 or self.patience < 1:
             raise MedGemmaError("--epochs, --patience, --rank and --learning-rate must be positive")
+        if self.keep not in KEEP:
+            raise MedGemmaError(f"--keep must be one of {', '.join(KEEP)}")
         if self.out.exists() and any(self.out.iterdir()):
             raise MedGemmaError(f"output folder is not empty: {self.out}")
 
@@ -69,7 +73,8 @@ class TrainOptions:
 class TrainSummary:
     steps: int
     epochs: int  # trained (the run may stop before --epochs)
-    best_epoch: int  # the one saved as `adapter/`: lowest held-out loss (0 when there is no held-out split)
+    best_epoch: int  # the lowest held-out loss (the last epoch when there is no held-out split)
+    kept_epoch: int  # the one saved as `adapter/`
     heldout_losses: list[float]  # before training, then after each epoch
     epoch_losses: list[float]  # mean training loss of each epoch
     train_items: int
@@ -221,14 +226,15 @@ def _train(options: TrainOptions, progress: Progress) -> TrainSummary:
                 progress(f"held-out loss after epoch {epoch + 1}: {heldout_losses[-1]:.4f}", step + 1, total)
                 if heldout_losses[-1] < min(heldout_losses[:-1]) or best_epoch == 0:
                     best_epoch = epoch + 1
-                elif epoch + 1 - best_epoch >= options.patience:
+                elif options.keep == "heldout" and epoch + 1 - best_epoch >= options.patience:
                     break
     seconds = time.perf_counter() - started
     cpu_seconds = time.process_time() - cpu_started
 
     best = options.out / "adapter.partial"
     shutil.rmtree(best, ignore_errors=True)
-    shutil.copytree(options.out / f"adapter-epoch{best_epoch}", best)
+    kept_epoch = best_epoch if options.keep == "heldout" else len(epoch_losses)
+    shutil.copytree(options.out / f"adapter-epoch{kept_epoch}", best)
     best.rename(options.out / "adapter")
     with open(options.out / "epochs.csv", "w", newline="", encoding="utf-8") as table:
         writer = csv.writer(table)
@@ -241,7 +247,7 @@ def _train(options: TrainOptions, progress: Progress) -> TrainSummary:
     write_loss_png(losses, options.out / "loss.png", steps_per_epoch=len(examples), heldout=marks)
     first, last = losses[:LOSS_WINDOW], losses[-LOSS_WINDOW:]
     summary = TrainSummary(
-        steps=len(losses), epochs=len(epoch_losses), best_epoch=best_epoch,
+        steps=len(losses), epochs=len(epoch_losses), best_epoch=best_epoch, kept_epoch=kept_epoch,
         heldout_losses=[round(v, 4) for v in heldout_losses], epoch_losses=[round(v, 4) for v in epoch_losses],
         train_items=len(examples),
         think_off_items=sum(not e.think for e in examples), tokens=tokens, answer_tokens=answer_tokens,
@@ -269,6 +275,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=TrainOptions.epochs, help="at most this many epochs")
     p.add_argument("--patience", type=int, default=TrainOptions.patience,
                    help="stop after this many epochs without a lower held-out loss")
+    p.add_argument("--keep", choices=KEEP, default=TrainOptions.keep,
+                   help="adapter/ is the epoch of lowest held-out loss (default), or the last of all --epochs")
     p.add_argument("--seed", type=int, default=TrainOptions.seed)
     p.add_argument("--learning-rate", type=float, default=TrainOptions.learning_rate)
     p.add_argument("--rank", type=int, default=TrainOptions.rank)
@@ -284,7 +292,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # thread burns the time slice its partner needs (measured here: 5x the CPU time per step).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     options = TrainOptions(base=args.base, data=args.data, out=args.out, epochs=args.epochs,
-                           patience=args.patience, seed=args.seed,
+                           patience=args.patience, keep=args.keep, seed=args.seed,
                            learning_rate=args.learning_rate, rank=args.rank, alpha=args.alpha,
                            max_steps=args.max_steps, threads=args.threads)
     bar = TextBar()
@@ -295,7 +303,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     bar.close()
-    print(f"{summary.epochs} epochs, best {summary.best_epoch} (held-out loss "
+    print(f"{summary.epochs} epochs, kept {summary.kept_epoch}, best held-out {summary.best_epoch} (held-out loss "
           f"{' -> '.join(f'{v:.3f}' for v in summary.heldout_losses)}); "
           f"{summary.steps} steps in {summary.seconds:.0f} s ({summary.cpu_seconds:.0f} s of CPU), "
           f"{summary.tokens_per_second:.1f} tokens/s "
