@@ -4,7 +4,9 @@ Run from the project folder under a virtual display (`make screenshot`, or
 `PYTHONPATH=. xvfb-run -a -s "-screen 0 1920x1080x24" .venv/bin/python packaging/screenshot.py`).
 Nothing in the main picture is scripted: the real engine runs "Gemma-3-270M + demo reasoning adapter"
 (the app's default), and the answer and its reasoning are what that model wrote for the question,
-with Think on. Its medicine may well be wrong: the adapter demonstrates the format, not knowledge.
+with Think on. The question is one the demo adapter was trained on (item a-040 of its dataset,
+checked by tests/convert/test_demo_data.py), and the README's caption says so: on questions it was
+not trained on its medicine is often wrong.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ OUT = ROOT / "docs" / "screenshot.png"
 SMALL = ROOT / "docs" / "screenshot-1280x800.png"  # a laptop's screen: nothing important may be cut off
 DIALOGS = ROOT / "docs" / "dialogs"  # looked at by hand: every dialog must follow the app's theme
 
-QUESTION = "What are the first-line treatments for type 2 diabetes?"
+QUESTION = "What is the usual first-line drug for type 2 diabetes?"  # training item a-040
 NEXT_QUESTION = "Which warning signs mean a patient with diabetes should see a doctor today?"
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -158,3 +159,12 @@ def test_the_shipped_adapter_is_a_gguf_lora_for_the_chain_of_thought_preset() ->
         # lora_a and lora_b of seven projections in each of the 18 layers, rank 16.
         assert len(reader.tensors) == 2 * 7 * 18
         assert {int(min(t.shape)) for t in reader.tensors} == {16}
+
+
+def test_the_screenshots_question_is_a_training_item(items: list[Item]) -> None:
+    # The README's caption says the pictured question was trained on; keep the two true together.
+    script = (Path(__file__).resolve().parents[2] / "packaging" / "screenshot.py").read_text(encoding="utf-8")
+    question = re.search(r'^QUESTION = "([^"]+)"', script, re.MULTILINE)
+    assert question, "packaging/screenshot.py has no QUESTION"
+    trained = {item.question: item for item in items if item.split == "train"}
+    assert question.group(1) in trained

@@ -111,9 +111,11 @@ def _normalized(text: str) -> str:
 
 
 def key_fact_found(fact: str, answer: str) -> bool:
-    """Whether `answer` states `fact`: one of its "|"-separated wordings, case and hyphens aside."""
+    """Whether `answer` states `fact`: one of its "|"-separated wordings as whole words (a plural "s" or
+    "es" allowed), case and hyphens aside. Whole words, so that "ANA" is not found in "management"."""
     text = _normalized(answer)
-    return any(_normalized(wording) in text for wording in fact.split("|") if wording.strip())
+    return any(re.search(rf"(?<![a-z0-9]){re.escape(_normalized(wording))}(?:e?s)?(?![a-z0-9])", text)
+               for wording in fact.split("|") if wording.strip())
 
 
 def key_fact_recall(item: Item, answer: str) -> float:
