@@ -84,3 +84,32 @@ def test_no_test_benchmark_or_script_touches_a_private_member_of_the_product() -
             name = str(path.relative_to(ROOT))
             found += [f"{name}:{use}" for use in private_uses(path.read_text(encoding="utf-8"))]
     assert found == [], "use a public name (add one to the product if a test needs it):\n" + "\n".join(found)
+
+
+def library_private_imports(source: str) -> list[str]:
+    """'line: import' of each private module of llama-cpp-python or gguf-py a file imports."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            modules = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            modules = [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
+        else:
+            continue
+        for module in modules:
+            parts = module.split(".")
+            if parts[0] in ("llama_cpp", "gguf") and any(_is_private(p) for p in parts[1:]):
+                found.append(f"{node.lineno}: {module}")
+    return found
+
+
+def test_the_libraries_private_modules_are_imported_only_in_the_compat_modules() -> None:
+    # An upgrade that moves a private module then breaks one file, whose contract test says so.
+    offenders = []
+    for folder in (ROOT / "models", ROOT / "convert", ROOT / "desktop"):
+        for path in folder.rglob("*.py"):
+            if path.name.endswith("_compat.py"):
+                continue
+            offenders += [f"{path.relative_to(ROOT)}:{use}" for use in library_private_imports(path.read_text("utf-8"))]
+    assert library_private_imports("from llama_cpp._ggml import libggml\nfrom llama_cpp import _logger\n")
+    assert offenders == []

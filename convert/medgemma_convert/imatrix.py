@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -33,6 +33,9 @@ from medgemma_models.errors import ConversionError
 from medgemma_models.llama_log import LlamaLog
 
 from .progress import Progress, no_progress
+
+if TYPE_CHECKING:  # llama.cpp is loaded only when an importance matrix is computed
+    import llama_cpp
 
 # llama-imatrix's defaults: 512-token chunks, each starting with BOS; batches of fewer than 16
 # tokens are left out (llama.cpp's rule, kept so the two tools agree).
@@ -206,8 +209,9 @@ _GGML_TYPE_F32 = 0
 
 
 def _ggml() -> ctypes.CDLL:
-    from llama_cpp._ggml import libggml
+    from medgemma_models.llama_cpp_compat import load_ggml_library
 
+    libggml = load_ggml_library("ggml")
     libggml.ggml_get_name.restype = ctypes.c_void_p
     libggml.ggml_get_name.argtypes = [ctypes.c_void_p]
     libggml.ggml_op_desc.restype = ctypes.c_char_p
@@ -299,14 +303,14 @@ def compute_imatrix(model: Path, texts: Sequence[tuple[str, str]], progress: Pro
     llama-imatrix cuts its input; every position's logits are computed so that the output matrix
     sees every token.
     """
+    with LlamaLog().installed():  # kept off the terminal
+        return _compute(model, texts, progress, chunk_tokens, threads or default_threads())
+
+
+def _compute(model: Path, texts: Sequence[tuple[str, str]], progress: Progress, chunk_tokens: int,
+             threads: int) -> Imatrix:
     import llama_cpp
 
-    with LlamaLog().installed():  # kept off the terminal
-        return _compute(llama_cpp, model, texts, progress, chunk_tokens, threads or default_threads())
-
-
-def _compute(llama_cpp: Any, model: Path, texts: Sequence[tuple[str, str]], progress: Progress,
-             chunk_tokens: int, threads: int) -> Imatrix:
     collector = _Collector()
     model_params = llama_cpp.llama_model_default_params()
     model_params.n_gpu_layers = 0
@@ -360,7 +364,7 @@ def default_threads() -> int:
     return max(1, (os.cpu_count() or 2) // 2)
 
 
-def _tokenize(vocab: object, text: str) -> list[int]:
+def _tokenize(vocab: llama_cpp.llama_vocab_p, text: str) -> list[int]:
     import llama_cpp
 
     data = text.encode("utf-8")
@@ -378,16 +382,16 @@ def imatrix_chunks(ids: list[int], bos: int, size: int) -> list[list[int]]:
     return [[bos, *ids[i + 1 : i + size]] for i in range(0, len(ids), size) if len(ids) - i >= MIN_BATCH_TOKENS]
 
 
-def _decode(ctx: object, batch: object, tokens: list[int], first_pos: int) -> int:
+def _decode(ctx: llama_cpp.llama_context_p, batch: llama_cpp.llama_batch, tokens: list[int], first_pos: int) -> int:
     import llama_cpp
 
-    batch.n_tokens = len(tokens)  # type: ignore[attr-defined]
+    batch.n_tokens = len(tokens)
     for i, token in enumerate(tokens):
-        batch.token[i] = token  # type: ignore[attr-defined]
-        batch.pos[i] = first_pos + i  # type: ignore[attr-defined]
-        batch.n_seq_id[i] = 1  # type: ignore[attr-defined]
-        batch.seq_id[i][0] = 0  # type: ignore[attr-defined]
-        batch.logits[i] = True  # type: ignore[attr-defined]
+        batch.token[i] = token
+        batch.pos[i] = first_pos + i
+        batch.n_seq_id[i] = 1
+        batch.seq_id[i][0] = 0
+        batch.logits[i] = True
     return int(llama_cpp.llama_decode(ctx, batch))
 
 
