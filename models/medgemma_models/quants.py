@@ -46,7 +46,7 @@ QUANT_TYPES: tuple[QuantType, ...] = (
     # Gemma's 640-wide rows falls back to Q8_0, whose kernels decode faster on a CPU than the
     # Q5_0/Q5_1 fallbacks of Q4_K/Q5_K. The embedding's lookups keep Q8_0 (a separate output
     # matrix). With --imatrix auto its KLD is below q4_k_m's.
-    QuantType("q4_speed", "LLAMA_FTYPE_MOSTLY_Q6_K", output_type="iq4_nl", embedding_type="q8_0"),
+    QuantType("q4_speed", "LLAMA_FTYPE_MOSTLY_Q6_K", output_type="iq4_nl", embedding_type="q8_0", offered=True),
     QuantType("q4_1", "LLAMA_FTYPE_MOSTLY_Q4_1"),
     QuantType("q4_0", "LLAMA_FTYPE_MOSTLY_Q4_0"),
     QuantType("iq4_nl", "LLAMA_FTYPE_MOSTLY_IQ4_NL"),

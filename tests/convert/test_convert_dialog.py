@@ -141,3 +141,26 @@ def test_the_app_ending_mid_conversion_cancels_it_and_cleans_up_without_asking(q
     history.close()
     assert not dialog.running and "interrupted" in (dialog.error or ""), dialog.log.toPlainText()
     assert list(out.iterdir()) == []
+
+
+def test_the_dialog_writes_a_runtime_adapter_beside_the_base(qtbot, tiny, tmp_path):
+    from gguf import GGUFReader
+
+    folder = tmp_path / "out"
+    folder.mkdir()
+    out = folder / "tiny-adapter.gguf"
+    dialog, stages, converted = _dialog(qtbot, tiny.base("gemma3"), tiny.adapter("gemma3", "all"), out)
+    dialog.kind.setCurrentIndex(dialog.kind.findData("adapter"))
+    # A runtime adapter leaves the base as it is: nothing to quantize, no importance matrix.
+    assert not dialog.quant_boxes["q4_k_m"].isEnabled() and not dialog.imatrix.isEnabled()
+    assert dialog.arguments()[2] == "lora" and "--quant" not in dialog.arguments()
+    dialog.start()
+    qtbot.waitUntil(lambda: dialog.error is not None or dialog.stage.text().startswith("Done"), timeout=180_000)
+    assert dialog.error is None, dialog.log.toPlainText()
+    assert converted == [str(out)] and sorted(p.name for p in folder.iterdir()) == ["tiny-adapter.gguf"]
+    field = GGUFReader(out).fields["general.type"]
+    assert bytes(field.parts[field.data[0]]).decode() == "adapter"
+    assert dialog.report.outputs[0].sha256 == sha256_file(out)
+    assert len(dialog.report.inputs["adapters"]) == 1 and dialog.report.extra["adapter"]["alpha"] > 0
+    dialog.kind.setCurrentIndex(dialog.kind.findData("merged"))
+    assert dialog.quant_boxes["q4_k_m"].isEnabled() and "q4_speed" in dialog.quant_boxes

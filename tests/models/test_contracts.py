@@ -99,7 +99,7 @@ def test_one_quantization_table() -> None:
     assert quants.VALID[:4] == ("f32", "f16", "bf16", "q8_0") and len(set(quants.VALID)) == len(quants.VALID)
     assert quants.UNQUANTIZED == ("f32", "f16", "bf16")
     assert set(quants.LLAMA_FTYPES) == set(quants.VALID) - set(quants.UNQUANTIZED)
-    assert quants.OFFERED == ("f16", "q8_0", "q6_k", "q5_k_m", "q4_k_m") and quants.CHECKED == ("q8_0", "q4_k_m")
+    assert quants.OFFERED == ("f16", "q8_0", "q6_k", "q5_k_m", "q4_k_m", "q4_speed") and quants.CHECKED == ("q8_0", "q4_k_m")
     import llama_cpp
 
     for name, constant in quants.LLAMA_FTYPES.items():

@@ -87,20 +87,30 @@ def converter_command(python: str) -> list[str] | None:
     return [found] if found else None
 
 
+MERGED, RUNTIME_ADAPTER = "merged", "adapter"  # the output kinds: one model file, or a LoRA GGUF beside the base
+
+
 def convert_arguments(base: str, adapters: list[tuple[str, float]], out: str, quants: list[str],
-                      preset: str | None, name: str | None, verify: bool, imatrix: bool = False) -> list[str]:
-    """The `medgemma-convert` command line the dialog's fields describe."""
-    args = ["-m", "medgemma_convert", "--base", base]
+                      preset: str | None, name: str | None, verify: bool, imatrix: bool = False,
+                      kind: str = MERGED) -> list[str]:
+    """The `medgemma-convert` command line the dialog's fields describe.
+
+    A runtime adapter (`medgemma-convert lora`) keeps the base as it is, so quantizations and the
+    importance matrix do not apply to it.
+    """
+    args = ["-m", "medgemma_convert", *(["lora"] if kind == RUNTIME_ADAPTER else []), "--base", base]
     for path, scale in adapters:
         args += ["--adapter", path if scale == 1.0 else f"{path}:{scale:g}"]
-    args += ["--out", out, "--quant", ",".join(quants), "--progress", "json"]
+    args += ["--out", out, "--progress", "json"]
+    if kind != RUNTIME_ADAPTER:
+        args += ["--quant", ",".join(quants)]
     if preset:
         args += ["--preset", preset]
     if name:
         args += ["--name", name]
     if verify:
         args.append("--verify")
-    if imatrix:
+    if imatrix and kind != RUNTIME_ADAPTER:
         args += ["--imatrix", "auto"]
     return args
 
@@ -158,9 +168,17 @@ class ConvertDialog(QDialog):
             box = QCheckBox(quant, self)
             box.setAccessibleName(f"Quantization {quant}")
             box.setChecked(quant in CHECKED)
+            if quant == "q4_speed":
+                box.setToolTip("About Q4_K_M's quality (with the importance matrix), decodes faster on a CPU: "
+                               "an IQ4_NL output matrix, Q8_0 embeddings, Q6_K elsewhere")
             self.quant_boxes[quant] = box
             quant_row.addWidget(box)
         quant_row.addStretch(1)
+        self.kind = QComboBox(self)
+        self.kind.setAccessibleName("Output kind")
+        self.kind.addItem("Merged model: one GGUF file, quantized", MERGED)
+        self.kind.addItem("Runtime adapter: a LoRA GGUF used with the base, swappable", RUNTIME_ADAPTER)
+        self.kind.currentIndexChanged.connect(self._on_kind_changed)
         self.preset = QComboBox(self)
         self.preset.setAccessibleName("Prompt preset")
         self.preset.addItem("From the catalog (by adapter or base)", "")
@@ -180,6 +198,7 @@ class ConvertDialog(QDialog):
         form.addRow("Base", base_row)
         form.addRow("Adapters", self.adapters)
         form.addRow("", adapter_buttons)
+        form.addRow("Output kind", self.kind)
         form.addRow("Quantizations", quant_row)
         form.addRow("Preset", self.preset)
         form.addRow("Name", self.name)
@@ -221,6 +240,15 @@ class ConvertDialog(QDialog):
     # -- the form -------------------------------------------------------------------------------
 
     @Slot()
+    def _on_kind_changed(self) -> None:
+        merged = self.kind.currentData() == MERGED
+        for box in self.quant_boxes.values():
+            box.setEnabled(merged)
+        self.imatrix.setEnabled(merged)
+        self.verify.setText("Full verification against transformers (slower)" if merged
+                            else "Verify base + adapter in llama.cpp against transformers + PEFT")
+
+    @Slot()
     def _pick_base_folder(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, "Base model folder")
         if folder:
@@ -259,7 +287,7 @@ class ConvertDialog(QDialog):
         quants = [q for q, box in self.quant_boxes.items() if box.isChecked()] or list(CHECKED[:1])
         return convert_arguments(absolute(self.base.text().strip()), adapters, absolute(self.out.text().strip()), quants,
                                  self.preset.currentData() or None, self.name.text().strip() or None,
-                                 self.verify.isChecked(), self.imatrix.isChecked())
+                                 self.verify.isChecked(), self.imatrix.isChecked(), self.kind.currentData())
 
     # -- the child processes --------------------------------------------------------------------
 
