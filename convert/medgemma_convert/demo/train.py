@@ -8,9 +8,10 @@ not called: the decoder body gives the hidden states, and the tied matrix is app
 positions that predict answer tokens.
 
 Before the first step and after every epoch the held-out items are scored (each with Think on and
-off, no gradient). Training stops once the held-out loss has not improved for `patience` epochs, and
-the epoch with the lowest held-out loss is the result. OUT_DIR receives `adapter-epochN/` for every
-epoch, `adapter/` (a copy of the best one; PEFT's save_pretrained), `loss.csv` (one row a step),
+off, no gradient). With `--keep heldout` (the default) training stops once the held-out loss has not
+improved for `patience` epochs, and the epoch with the lowest held-out loss is the result; with
+`--keep last` every epoch runs and the last is the result. OUT_DIR receives `adapter-epochN/` for
+every epoch, `adapter/` (a copy of the kept one; PEFT's save_pretrained), `loss.csv` (one row a step),
 `epochs.csv` (training and held-out loss per epoch), `loss.png` and `summary.json`.
 """
 
@@ -24,6 +25,7 @@ import math
 import os
 import random
 import shutil
+import statistics
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -188,6 +190,7 @@ def _train(options: TrainOptions, progress: Progress) -> TrainSummary:
     losses: list[float] = []
     heldout_losses = [heldout_loss(causal_lm, heldout)] if heldout else []
     epoch_losses: list[float] = []
+    epoch_started = 0  # index in `losses` of the current epoch's first step
     best_epoch = 0
     tokens = answer_tokens = 0
     started, cpu_started = time.perf_counter(), time.process_time()
@@ -218,7 +221,8 @@ def _train(options: TrainOptions, progress: Progress) -> TrainSummary:
             if step + 1 == total or order[step + 1][0] != epoch:
                 # Every finished epoch is kept: a run stopped later still leaves a usable adapter.
                 _save_adapter(peft_model, options.out / f"adapter-epoch{epoch + 1}")
-                epoch_losses.append(sum(losses[-len(examples):]) / min(len(losses), len(examples)))
+                epoch_losses.append(statistics.fmean(losses[epoch_started:]))
+                epoch_started = len(losses)
                 if not heldout:
                     best_epoch = epoch + 1
                     continue
@@ -231,11 +235,12 @@ def _train(options: TrainOptions, progress: Progress) -> TrainSummary:
     seconds = time.perf_counter() - started
     cpu_seconds = time.process_time() - cpu_started
 
-    best = options.out / "adapter.partial"
-    shutil.rmtree(best, ignore_errors=True)
     kept_epoch = best_epoch if options.keep == "heldout" else len(epoch_losses)
-    shutil.copytree(options.out / f"adapter-epoch{kept_epoch}", best)
-    best.rename(options.out / "adapter")
+    # Copied beside its final name and renamed, as _save_adapter does: `adapter/` is always complete.
+    partial = options.out / "adapter.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.copytree(options.out / f"adapter-epoch{kept_epoch}", partial)
+    partial.rename(options.out / "adapter")
     with open(options.out / "epochs.csv", "w", newline="", encoding="utf-8") as table:
         writer = csv.writer(table)
         writer.writerow(["epoch", "steps", "train_loss", "heldout_loss"])
