@@ -24,8 +24,6 @@ PRESET_NAME = "medical-cot-270m"
 DATA_DIR = Path(__file__).with_name("data")
 FIELDS = ("id", "topic", "question", "reasoning", "answer", "split")
 SPLITS = ("train", "heldout")
-# Two or three short phrases a right answer contains; "a|b" accepts either wording.
-KEY_FACTS = (2, 3)
 
 
 class DemoDataError(MedGemmaError):
@@ -40,7 +38,7 @@ class Item:
     reasoning: str
     answer: str
     split: Literal["train", "heldout"]
-    key_facts: tuple[str, ...] = ()
+    key_facts: tuple[str, ...] = ()  # short phrases a right answer states; "a|b" accepts either wording
 
 
 @dataclass(frozen=True)
