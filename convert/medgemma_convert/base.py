@@ -139,6 +139,9 @@ def _resolve_hf(source: str, folder: Path) -> ResolvedBase:
     return ResolvedBase("hf", source, folder, arch, hparams, tuple(ordered), vocab, names, quantization)
 
 
+_LAYERS_27B = {"gemma3_text": 62, "gemma3": 62, "gemma2": 46}
+
+
 def _check_supported(hparams: dict[str, Any], config_file: Path) -> None:
     for key in (*_REQUIRED_SIZES, *_SIZE_DEFAULTS, "vocab_size"):
         if key not in hparams:
@@ -149,12 +152,16 @@ def _check_supported(hparams: dict[str, Any], config_file: Path) -> None:
         if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= _MAX_SIZE:
             raise ConversionError(f"{config_file}: {key} is {value!r}, not a whole number from 1 to {_MAX_SIZE:,}")
     head_dim = hparams.get("head_dim", 256)
-    scalar = hparams.get("query_pre_attn_scalar", head_dim)
-    if scalar != head_dim:
-        # llama.cpp scales attention by 1/sqrt(head_dim) for these model sizes.
+    # llama.cpp scales attention by 1/sqrt(head_dim), except for the 27B models, which it knows by
+    # their layer count, where the scale is 1/sqrt(hidden_size / heads) (Gemma's own reference does so).
+    scale_dim = head_dim
+    if hparams["num_hidden_layers"] == _LAYERS_27B.get(hparams.get("model_type", ""), 0):
+        scale_dim = hparams["hidden_size"] // hparams["num_attention_heads"]
+    scalar = hparams.get("query_pre_attn_scalar", scale_dim)
+    if scalar != scale_dim:
         raise ConversionError(
-            f"base in {config_file.parent} scales attention by query_pre_attn_scalar={scalar}, not head_dim={head_dim}; "
-            "llama.cpp cannot run it"
+            f"base in {config_file.parent} scales attention by query_pre_attn_scalar={scalar}, but llama.cpp by "
+            f"{scale_dim} for a model of {hparams['num_hidden_layers']} layers; llama.cpp cannot run it"
         )
 
 

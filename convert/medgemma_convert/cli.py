@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -23,6 +24,7 @@ from medgemma_models.report import OutputRecord
 
 from . import __version__
 from .heap import return_large_blocks
+from .options import HF_DTYPES, LORA_TYPES, MMPROJ_TYPES
 from .progress import JsonLines, Progress, ProgressEvent, TextBar, no_progress
 from .quants import VALID
 
@@ -85,7 +87,7 @@ def _convert_parser() -> argparse.ArgumentParser:
                         help="where a multimodal base's vision tower goes (default: mmproj-OUT beside the model)")
     vision.add_argument("--no-mmproj", dest="mmproj", action="store_false",
                         help="write the text model only, without the vision tower")
-    p.add_argument("--mmproj-type", choices=("f32", "f16", "bf16", "q8_0"), default="f16",
+    p.add_argument("--mmproj-type", choices=MMPROJ_TYPES, default="f16",
                    help="tensor type of the mmproj's matrices (default f16)")
     p.add_argument("--report", type=Path, metavar="REPORT.json", help="write a JSON report")
     _add_run_options(p, "existing outputs")
@@ -118,7 +120,7 @@ def _lora_parser() -> argparse.ArgumentParser:
     p.add_argument("--adapter", action="append", required=True, metavar="DIR[:SCALE]",
                    help="PEFT LoRA folder or hub repo id, optionally with a scale; repeatable (ranks are concatenated)")
     p.add_argument("--out", required=True, type=Path, metavar="ADAPTER.gguf")
-    p.add_argument("--outtype", choices=("f32", "f16", "q8_0"), default="f16", help="tensor type (default f16)")
+    p.add_argument("--outtype", choices=LORA_TYPES, default="f16", help="tensor type (default f16)")
     p.add_argument("--preset", help="prompt preset recorded in the file (default: found in the catalog)")
     p.add_argument("--name", help="general.name of the adapter")
     p.add_argument("--verify", action="store_true", help="compare base + adapter in llama.cpp with transformers + PEFT")
@@ -132,7 +134,7 @@ def _export_hf_parser() -> argparse.ArgumentParser:
         "export-hf", "Write a Gemma GGUF model as a Hugging Face folder (safetensors, config, tokenizer) to fine-tune.")
     p.add_argument("model", type=Path, metavar="MODEL.gguf")
     p.add_argument("out", type=Path, metavar="OUT_DIR")
-    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
+    p.add_argument("--dtype", choices=HF_DTYPES, default="float32",
                    help="weight type of the safetensors (default float32: a quantized source's values exactly)")
     _add_run_options(p, "an existing OUT_DIR")
     return p
@@ -260,7 +262,9 @@ def _inspect(args: argparse.Namespace) -> None:
 
 def _lora(args: argparse.Namespace, json_lines: JsonLines | None) -> None:
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-    from .lora_gguf import LoraOptions, export_lora, plan_lora
+    from .lora_gguf import export_lora
+    from .options import LoraOptions
+    from .plan import plan_lora
 
     options = LoraOptions.create(
         base=args.base, adapters=args.adapter, out=args.out, out_type=args.outtype, verify=args.verify,
@@ -268,8 +272,9 @@ def _lora(args: argparse.Namespace, json_lines: JsonLines | None) -> None:
         force=args.force,
     )
     with _progress(args, json_lines) as progress:
-        the_plan = plan_lora(options)
+        the_plan = plan_lora(options, progress)
         _print_warnings(the_plan.warnings)
+        _print_sizes({options.out: the_plan.size}, args)
         report = export_lora(the_plan, progress)
     if json_lines is not None:
         json_lines.emit(ProgressEvent.finished(report))
@@ -280,16 +285,32 @@ def _lora(args: argparse.Namespace, json_lines: JsonLines | None) -> None:
 
 
 def _export_hf(args: argparse.Namespace, json_lines: JsonLines | None) -> None:
-    from .export_hf import export_hf
+    from .export_hf import export_hf, plan_export_hf
+    from .options import ExportHfOptions
 
+    options = ExportHfOptions.create(args.model, args.out, dtype=args.dtype, force=args.force)
     with _progress(args, json_lines) as progress:
-        result = export_hf(args.model.absolute(), args.out.absolute(), args.dtype, args.force, progress)
-    _print_warnings(result.warnings)
+        the_plan = plan_export_hf(options, progress)
+        _print_warnings(the_plan.warnings)
+        _print_sizes({options.out: the_plan.size}, args)
+        report = export_hf(the_plan, progress)
     if json_lines is not None:
-        json_lines.emit({"stage": "done", "folder": str(result.folder), "tensors": result.tensors,
-                         "warnings": list(result.warnings)})
+        json_lines.emit(ProgressEvent.finished(report))
         return
-    print(f"{result.folder}  {result.architecture}  {result.tensors} tensors  {result.dtype}")
+    output = report.outputs[0]
+    print(f"{options.out}  {the_plan.arch}  {output.tensor_types}  {output.bytes:,} bytes")
+
+
+def _print_sizes(sizes: dict[Path, int], args: argparse.Namespace, peak: int | None = None) -> None:
+    """With the progress bar: what the plan expects to write, against the free space (it has refused what does not fit)."""
+    if args.progress != "bar" or not sizes:
+        return
+    from medgemma_models.files import format_bytes
+
+    folder = next(iter(sizes)).parent
+    memory = f"; memory at its peak about {format_bytes(peak)}" if peak else ""
+    print(f"writing about {format_bytes(sum(sizes.values()))} in {folder} "
+          f"({format_bytes(shutil.disk_usage(folder).free)} free){memory}", file=sys.stderr)
 
 
 def _convert(args: argparse.Namespace, json_lines: JsonLines | None) -> None:
@@ -314,6 +335,7 @@ def _convert(args: argparse.Namespace, json_lines: JsonLines | None) -> None:
     with _progress(args, json_lines) as progress:
         the_plan = plan(options, progress)
         _print_warnings(the_plan.warnings)
+        _print_sizes(the_plan.sizes, args, the_plan.peak_bytes)
         from .pipeline import convert  # llama.cpp loads here
 
         report = convert(the_plan, progress)

@@ -3,7 +3,7 @@
 The weights are dequantized to float (lossy only in that a quantized file has already lost what it
 lost), the Gemma norms get back their stored form (llama.cpp's converter adds 1), config.json is
 rebuilt from the GGUF's architecture keys, and the SentencePiece model from its vocabulary.
-Everything is written into OUT_DIR.partial and renamed when complete.
+Everything is written into OUT_DIR.partial and renamed when complete (`files.atomic_folder`).
 """
 
 from __future__ import annotations
@@ -19,10 +19,14 @@ from typing import Any, BinaryIO
 import gguf
 import numpy as np
 
-from medgemma_models.errors import ConversionError, OutputError
-from medgemma_models.files import PARTIAL_SUFFIX
+from medgemma_models.errors import ConversionError
+from medgemma_models.files import atomic_folder, check_free_space, check_writable, sha256_file
+from medgemma_models.report import ConversionReport, OutputRecord, StageRecord
 
+from . import CONVERTER_ID
+from .options import ExportHfOptions
 from .progress import Progress, no_progress
+from .report import StageRecorder
 from .tensor_names import NameMap, is_norm
 
 DTYPES = {"float32": (np.float32, "F32"), "bfloat16": (np.float32, "BF16"), "float16": (np.float16, "F16")}
@@ -83,15 +87,6 @@ GEMMA_CHAT_TEMPLATE = (
 
 
 @dataclass(frozen=True)
-class HfExport:
-    folder: Path
-    architecture: str
-    tensors: int
-    dtype: str
-    warnings: tuple[str, ...]
-
-
-@dataclass(frozen=True)
 class GgufVocab:
     tokens: list[str]
     scores: list[float]
@@ -102,18 +97,29 @@ class GgufVocab:
     chat_template: str | None
 
 
-def export_hf(model: Path, out: Path, dtype: str = "float32", force: bool = False,
-              progress: Progress = no_progress) -> HfExport:
-    """Write `model` (a Gemma-2/Gemma-3 GGUF) as a Hugging Face folder `out`; returns what was written."""
-    if dtype not in DTYPES:
-        raise ConversionError(f"unknown dtype {dtype}; choose one of {', '.join(DTYPES)}")
+@dataclass(frozen=True)
+class HfExportPlan:
+    options: ExportHfOptions
+    reader: gguf.GGUFReader
+    arch: str
+    vocab: GgufVocab
+    config: dict[str, Any]  # config.json, without torch_dtype
+    names: dict[str, str]  # GGUF tensor name -> Hugging Face name
+    warnings: tuple[str, ...]
+    size: int  # expected bytes of model.safetensors
+
+
+def plan_export_hf(options: ExportHfOptions, progress: Progress = no_progress) -> HfExportPlan:
+    """Check the GGUF (its header and tensor names) and the output folder before any tensor is read."""
+    progress("plan", 0, 1)
+    model, out = options.model, options.out
     reader = _open(model)
     if _field(reader, gguf.Keys.General.TYPE) == "adapter":
         raise ConversionError(f"{model.name} is a LoRA adapter, not a model: export its base instead")
     arch = str(_field(reader, gguf.Keys.General.ARCHITECTURE))
     if arch not in _HF_CLASSES:
         raise ConversionError(f"{model.name} is a {arch} model; only Gemma-2 and Gemma-3 text models can be exported")
-    _check_output(out, force)
+    check_writable(out, options.force)
     warnings = []
     quantized = sorted({t.tensor_type.name for t in reader.tensors if t.tensor_type not in _UNQUANTIZED})
     if quantized:
@@ -123,25 +129,40 @@ def export_hf(model: Path, out: Path, dtype: str = "float32", force: bool = Fals
     if vocab.chat_template is None:
         warnings.append(f"{model.name} has no chat template: Google's Gemma template is written")
     config = hf_config(reader, arch, len(vocab.tokens), vocab.ids)
-    partial = out.with_name(out.name + PARTIAL_SUFFIX)
-    shutil.rmtree(partial, ignore_errors=True)
-    try:
-        partial.mkdir()
-        names = _hf_names(config, arch)
-        n_tensors = write_safetensors(reader, names, partial / "model.safetensors", dtype, progress)
-        config["torch_dtype"] = dtype
-        _write_json(partial / "config.json", config)
-        write_tokenizer(vocab, partial)
-        if out.exists():
-            shutil.rmtree(out)  # only reached with force: _check_output refused it otherwise
-        partial.rename(out)
-    except OSError as exc:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise OutputError(f"could not write {out}: {exc.strerror or exc}") from exc
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
-    return HfExport(out, arch, n_tensors, dtype, tuple(warnings))
+    names = _hf_names(config, arch)
+    _check_tensors(reader, names)
+    item = 4 if options.dtype == "float32" else 2
+    size = sum(int(np.prod(t.shape)) for t in reader.tensors) * item
+    check_free_space({out: size})  # the folder, to be made beside its final place
+    progress("plan", 1, 1)
+    return HfExportPlan(options, reader, arch, vocab, config, names, tuple(warnings), size)
+
+
+def export_hf(plan: HfExportPlan, progress: Progress = no_progress) -> ConversionReport:
+    """Write the folder of `plan` atomically; returns the report (its one output: model.safetensors)."""
+    options, recorder = plan.options, StageRecorder()
+    with recorder.stage(f"export-hf {options.dtype}"), atomic_folder(options.out, options.force) as folder:
+        n_tensors = write_safetensors(plan.reader, plan.names, folder / "model.safetensors", options.dtype, progress)
+        _write_json(folder / "config.json", {**plan.config, "torch_dtype": options.dtype})
+        write_tokenizer(plan.vocab, folder)
+    with recorder.stage("hash outputs"):
+        weights = options.out / "model.safetensors"
+        sha256 = sha256_file(weights)
+    _, st_type = DTYPES[options.dtype]
+    parameters = sum(int(np.prod(t.shape)) for t in plan.reader.tensors)
+    output = OutputRecord(path=str(weights), quant=st_type.lower(), bytes=weights.stat().st_size, sha256=sha256,
+                          file_type="safetensors " + st_type, tensor_types={st_type: n_tensors},
+                          bits_per_weight=8.0 * plan.size / max(1, parameters), parameter_count=parameters)
+    return ConversionReport(
+        converter=CONVERTER_ID,
+        inputs={"base": {"id": str(options.model), "kind": "gguf", "path": str(options.model), "architecture": plan.arch}},
+        outputs=(output,),
+        warnings=plan.warnings,
+        stages=tuple(StageRecord(**stage) for stage in recorder.stages),
+        memory_method=recorder.method,
+        wall_s=recorder.total_wall(),
+        extra={"folder": str(options.out)},
+    )
 
 
 def _open(model: Path) -> gguf.GGUFReader:
@@ -151,15 +172,6 @@ def _open(model: Path) -> gguf.GGUFReader:
         return gguf.GGUFReader(model)
     except (ValueError, IndexError, OverflowError, UnicodeDecodeError, KeyError, TypeError, struct.error) as exc:
         raise ConversionError(f"{model.name} is not a readable GGUF file ({exc})") from exc
-
-
-def _check_output(out: Path, force: bool) -> None:
-    if not out.parent.is_dir():
-        raise OutputError(f"output folder does not exist: {out.parent}")
-    if out.exists() and not force:
-        raise OutputError(f"{out} already exists (pass --force to replace it)")
-    if out.exists() and not out.is_dir():
-        raise OutputError(f"{out} is a file, not a folder")
 
 
 def _field(reader: gguf.GGUFReader, key: str, default: Any = None) -> Any:
@@ -242,14 +254,17 @@ def _hf_names(config: dict[str, Any], arch: str) -> dict[str, str]:
     return names
 
 
-def write_safetensors(reader: gguf.GGUFReader, names: dict[str, str], path: Path, dtype: str,
-                      progress: Progress = no_progress) -> int:
-    """Every tensor dequantized, in one safetensors file written tensor by tensor; returns the count."""
+def _check_tensors(reader: gguf.GGUFReader, names: dict[str, str]) -> None:
     extra = sorted(t.name for t in reader.tensors if t.name not in names)
     missing = sorted(set(names) - {t.name for t in reader.tensors})
     if extra or missing:
         what = f"unexpected tensor {extra[0]}" if extra else f"no tensor {missing[0]}"
         raise ConversionError(f"the GGUF does not hold a Gemma text model of its declared shape: {what}")
+
+
+def write_safetensors(reader: gguf.GGUFReader, names: dict[str, str], path: Path, dtype: str,
+                      progress: Progress = no_progress) -> int:
+    """Every tensor dequantized, in one safetensors file written tensor by tensor; returns the count."""
     np_type, st_type = DTYPES[dtype]
     item = 2 if st_type in ("BF16", "F16") else 4
     header: dict[str, Any] = {"__metadata__": {"format": "pt"}}

@@ -55,7 +55,7 @@ def write_gguf(base: ResolvedBase, adapters: tuple[ResolvedAdapter, ...], path: 
         _add_metadata(writer, base, out_type, provenance, gguf_base)
         types = {}
         for t in base.tensors:
-            qtype = _tensor_type(t.name, t.shape, out_type)
+            qtype = tensor_type(t.name, t.shape, out_type)
             types[t.name] = qtype
             writer.add_tensor_info(t.name, t.shape, np.dtype(np.float32), tensor_nbytes(t.shape, qtype), raw_dtype=qtype)
         writer.write_header_to_file(path=path)
@@ -74,7 +74,7 @@ def write_gguf(base: ResolvedBase, adapters: tuple[ResolvedAdapter, ...], path: 
         writer.close()
 
 
-def _tensor_type(name: str, shape: tuple[int, ...], out_type: str) -> gguf.GGMLQuantizationType:
+def tensor_type(name: str, shape: tuple[int, ...], out_type: str) -> gguf.GGMLQuantizationType:
     # llama.cpp keeps 1-D tensors and norms in F32: most kernels only take F32 for them.
     if len(shape) <= 1 or name.endswith("_norm.weight"):
         return gguf.GGMLQuantizationType.F32

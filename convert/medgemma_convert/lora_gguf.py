@@ -12,83 +12,24 @@ at runtime scale 1 the file adds exactly PEFT's deltas. A plain single adapter i
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import gguf
 import numpy as np
 from medgemma_models import provenance
-from medgemma_models.errors import ConversionError
-from medgemma_models.files import atomic_output, check_writable, sha256_file
+from medgemma_models.files import atomic_output, sha256_file
 from medgemma_models.report import ConversionReport, OutputRecord, StageRecord
 
 from . import CONVERTER_ID
-from .adapter import LoraTarget, ResolvedAdapter, resolve_adapter
-from .base import ResolvedBase, resolve_base
+from .adapter import LoraTarget, ResolvedAdapter
 from .gguf_export import encode_tensor
-from .options import AdapterSpec, ConversionOptions
-from .plan import _default_name, _preset
+from .lora_verify import verify_lora
+from .plan import LoraPlan
 from .progress import Progress, no_progress
 from .report import StageRecorder, describe_output
 
-OUT_TYPES = ("f32", "f16", "q8_0")
 _Q8_BLOCK = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType.Q8_0][0]
-
-
-@dataclass(frozen=True)
-class LoraOptions:
-    base: str
-    adapters: tuple[AdapterSpec, ...]
-    out: Path
-    out_type: str = "f16"
-    verify: bool = False
-    eval_text: Path | None = None
-    preset: str | None = None
-    name: str | None = None
-    force: bool = False
-
-    @classmethod
-    def create(cls, base: str, adapters: list[str] | tuple[str, ...], out: str | Path, **kwargs: Any) -> LoraOptions:
-        """Options from the strings a command line collects ('DIR' or 'DIR:SCALE' adapters)."""
-        return cls(base=base, adapters=tuple(AdapterSpec.parse(a) for a in adapters),
-                   out=Path(out).expanduser().absolute(), **kwargs)
-
-
-@dataclass(frozen=True)
-class LoraPlan:
-    options: LoraOptions
-    base: ResolvedBase
-    adapters: tuple[ResolvedAdapter, ...]
-    alpha: float  # adapter.lora.alpha of the file
-    preset: str | None
-    name: str
-    warnings: tuple[str, ...]
-
-
-def plan_lora(options: LoraOptions) -> LoraPlan:
-    """Check the base and every adapter (headers only), with the same refusals as a merged export."""
-    if options.out_type not in OUT_TYPES:
-        raise ConversionError(f"unknown adapter type {options.out_type!r}; valid: {', '.join(OUT_TYPES)}")
-    if not options.adapters:
-        raise ConversionError("no --adapter given: an adapter file needs at least one PEFT LoRA adapter")
-    check_writable(options.out, options.force)
-    if options.eval_text is not None and not options.eval_text.is_file():
-        raise ConversionError(f"evaluation text not found: {options.eval_text}")
-    warnings: list[str] = []
-    base = resolve_base(options.base)
-    adapters = tuple(resolve_adapter(spec, base, warnings) for spec in options.adapters)
-    conversion = ConversionOptions(base=options.base, out=options.out, adapters=options.adapters, preset=options.preset)
-    return LoraPlan(
-        options=options,
-        base=base,
-        adapters=adapters,
-        # The first adapter's alpha, so that a plain adapter is written as llama.cpp's converter writes it.
-        alpha=adapters[0].alpha,
-        preset=_preset(conversion, base, adapters),
-        name=options.name or _default_name(base, adapters),
-        warnings=tuple(warnings),
-    )
 
 
 def runtime_scale(alpha: float, rank: int) -> float:
@@ -183,8 +124,6 @@ def export_lora(plan: LoraPlan, progress: Progress = no_progress) -> ConversionR
         write_lora_gguf(plan, partial, progress)
     output = describe_output(out, plan.options.out_type, sha256_file(out))
     if plan.options.verify:
-        from .lora_verify import verify_lora
-
         with recorder.stage("verify"):
             output["verification"] = verify_lora(plan, progress).to_dict()
     return ConversionReport(

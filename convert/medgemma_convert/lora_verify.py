@@ -8,7 +8,7 @@ from pathlib import Path
 
 from . import CONVERTER_ID
 from .gguf_export import Provenance, write_gguf
-from .lora_gguf import LoraPlan
+from .plan import LoraPlan
 from .progress import Progress, no_progress
 from .verify import VerifyFigures, default_eval_text, verify_outputs
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from medgemma_models.errors import ConversionError
 from medgemma_models.quants import TENSOR_TYPES
@@ -105,7 +106,58 @@ class ConversionOptions:
             raise ConversionError("--imatrix and the tensor type options apply to quantized outputs; none was asked for")
 
 
+@dataclass(frozen=True)
+class LoraOptions:
+    """`medgemma-convert lora`: PEFT adapters written as one runtime adapter GGUF, unmerged."""
+
+    base: str
+    adapters: tuple[AdapterSpec, ...]
+    out: Path
+    out_type: str = "f16"
+    verify: bool = False
+    eval_text: Path | None = None
+    preset: str | None = None
+    name: str | None = None
+    force: bool = False
+
+    @classmethod
+    def create(cls, base: str, adapters: list[str] | tuple[str, ...], out: str | Path, **kwargs: Any) -> LoraOptions:
+        """Options from the strings a command line collects ('DIR' or 'DIR:SCALE' adapters)."""
+        options = cls(base=base, adapters=tuple(AdapterSpec.parse(a) for a in adapters),
+                      out=Path(out).expanduser().absolute(), **kwargs)
+        options.check()
+        return options
+
+    def check(self) -> None:
+        if self.out_type not in LORA_TYPES:
+            raise ConversionError(f"unknown adapter type {self.out_type!r}; valid: {', '.join(LORA_TYPES)}")
+        if not self.adapters:
+            raise ConversionError("no --adapter given: an adapter file needs at least one PEFT LoRA adapter")
+
+
+@dataclass(frozen=True)
+class ExportHfOptions:
+    """`medgemma-convert export-hf`: a GGUF model written as a Hugging Face folder."""
+
+    model: Path
+    out: Path
+    dtype: str = "float32"
+    force: bool = False
+
+    @classmethod
+    def create(cls, model: str | Path, out: str | Path, **kwargs: Any) -> ExportHfOptions:
+        options = cls(model=Path(model).expanduser().absolute(), out=Path(out).expanduser().absolute(), **kwargs)
+        options.check()
+        return options
+
+    def check(self) -> None:
+        if self.dtype not in HF_DTYPES:
+            raise ConversionError(f"unknown dtype {self.dtype}; choose one of {', '.join(HF_DTYPES)}")
+
+
 VERIFY_MODES = ("quick", "full", "none")
+LORA_TYPES = ("f32", "f16", "q8_0")
+HF_DTYPES = ("float32", "bfloat16", "float16")
 MMPROJ_TYPES = ("f32", "f16", "bf16", "q8_0")
 
 

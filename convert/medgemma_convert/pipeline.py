@@ -25,9 +25,8 @@ from .gguf_export import Provenance, write_gguf
 from .mmproj import write_mmproj
 from .plan import ConversionPlan
 from .progress import Progress, no_progress
-from .imatrix import Imatrix, calibration_texts, compute_imatrix, read_imatrix, text_sha256, write_imatrix
-from .options import ConversionOptions
-from .quantize import quantize_all, recipes_for, untie
+from .imatrix import Imatrix, calibration_texts, compute_imatrix, text_sha256, write_imatrix
+from .quantize import quantize_all, untie
 from .stamp import KEY_IMATRIX, KEY_VERIFICATION, add_string_keys
 from .report import StageRecorder, describe_output, write_report
 
@@ -44,7 +43,7 @@ def convert(plan: ConversionPlan, progress: Progress = no_progress) -> Conversio
         preset=plan.preset,
         converter=CONVERTER_ID,
     )
-    recipes = recipes_for(options.quants, options.output_type, options.embedding_type, options.tensor_types)
+    recipes = plan.recipes
     # Figures known only once a file is written (verification, the imatrix used) are added to it
     # as metadata before it is renamed; it is hashed after that.
     stamped = options.verify != "none" or options.imatrix is not None
@@ -84,7 +83,7 @@ def convert(plan: ConversionPlan, progress: Progress = no_progress) -> Conversio
             importance = None
             if options.imatrix is not None:
                 with recorder.stage("imatrix"):
-                    matrix, imatrix_record = _imatrix(options, source, progress)
+                    matrix, imatrix_record = _imatrix(plan, source, progress)
                     if saved_imatrix is not None:
                         write_imatrix(matrix, saved_imatrix)
                 importance = matrix.importance()
@@ -139,6 +138,10 @@ def convert(plan: ConversionPlan, progress: Progress = no_progress) -> Conversio
             "verify": options.verify,
             "recipes": {q: dataclasses.asdict(r) for q, r in recipes.items()},
             "mmproj": {"type": options.mmproj_type, "path": str(plan.mmproj)} if plan.mmproj else None,
+            # The plan's estimates, checked against the free space before any work (bytes above: the real sizes).
+            "expected_bytes": {quant: plan.sizes[path] for quant, path in
+                               [*plan.outputs.items(), *([(MMPROJ, plan.mmproj)] if plan.mmproj else [])]},
+            "expected_peak_rss_bytes": plan.peak_bytes,
         },
         outputs=tuple(OutputRecord(**output) for output in described),
         warnings=tuple(plan.warnings),
@@ -190,16 +193,16 @@ def _verify_image(plan: ConversionPlan, model: Path, mmproj: Path, progress: Pro
     return verify_image(plan.base.path, adapters, model, mmproj, plan.vision.image_size, progress)
 
 
-def _imatrix(options: ConversionOptions, source: Path, progress: Progress) -> tuple[Imatrix, dict[str, Any]]:
+def _imatrix(plan: ConversionPlan, source: Path, progress: Progress) -> tuple[Imatrix, dict[str, Any]]:
     """The importance matrix asked for, and what the outputs record about it (`medgemma.imatrix`)."""
-    if options.imatrix == "auto":
+    options = plan.options
+    if plan.imatrix is not None:  # a file, read by the plan
+        matrix, sha256 = plan.imatrix, sha256_file(Path(options.imatrix or ""))
+    else:
         texts = calibration_texts(options.calibration_text)
         matrix = compute_imatrix(source, texts, progress)
         sha256 = text_sha256("".join(text for _, text in texts))
-    else:
-        path = Path(options.imatrix or "")
-        matrix, sha256 = read_imatrix(path), sha256_file(path)
-    record = {"source": options.imatrix if options.imatrix == "auto" else Path(options.imatrix or "").name,
+    record = {"source": options.imatrix if plan.imatrix is None else Path(options.imatrix or "").name,
               "datasets": list(matrix.datasets), "sha256": sha256, "tokens": matrix.tokens, "chunks": matrix.chunk_count}
     return matrix, record
 

@@ -29,6 +29,7 @@ from medgemma_models.quants import BY_NAME, TENSOR_TYPES
 from .quants import LLAMA_FTYPES
 
 if TYPE_CHECKING:
+    from .imatrix import Imatrix
     from .options import ConversionOptions
 
 # llama.cpp widens each tensor to float32 before quantizing it; by default a whole tensor at once
@@ -123,14 +124,19 @@ def check_recipes(recipes: dict[str, QuantRecipe], tensors: list[tuple[str, tupl
                 )
 
 
-def check_quantization(options: ConversionOptions, tensors: list[tuple[str, tuple[int, ...]]]) -> None:
+def check_quantization(options: ConversionOptions,
+                       tensors: list[tuple[str, tuple[int, ...]]]) -> tuple[dict[str, QuantRecipe], Imatrix | None]:
     """Everything about the quantized outputs that can be refused before any work: types against the
-    rows they would apply to, the imatrix file against the tensors it weighs, the files named."""
+    rows they would apply to, the imatrix file against the tensors it weighs, the files named.
+
+    Returns each quantized output's recipe, and the imatrix file read (None without one).
+    """
     from medgemma_models.files import check_writable
 
     from .imatrix import read_imatrix
 
-    check_recipes(recipes_for(options.quants, options.output_type, options.embedding_type, options.tensor_types), tensors)
+    recipes = recipes_for(options.quants, options.output_type, options.embedding_type, options.tensor_types)
+    check_recipes(recipes, tensors)
     if options.calibration_text is not None and not options.calibration_text.is_file():
         raise ConversionError(f"calibration text not found: {options.calibration_text}")
     if options.save_imatrix is not None:
@@ -141,10 +147,13 @@ def check_quantization(options: ConversionOptions, tensors: list[tuple[str, tupl
         path = Path(options.imatrix)
         if not path.is_file():
             raise ConversionError(f"imatrix file not found: {path}")
-        for name, entry in read_imatrix(path).entries.items():
+        matrix = read_imatrix(path)
+        for name, entry in matrix.entries.items():
             if name in columns and entry.sums.shape[-1] != columns[name]:
                 raise ConversionError(f"the imatrix {path.name} is for another model: it has {entry.sums.shape[-1]} "
                                       f"columns for {name}, which has {columns[name]}")
+        return recipes, matrix
+    return recipes, None
 
 
 def _block_size(type_name: str) -> int:

@@ -1,11 +1,12 @@
-"""Atomic file output: write to NAME.partial beside the target, fsync, rename."""
+"""Atomic output: write to NAME.partial beside the target, fsync, rename; and the free-space check before."""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import os
-from collections.abc import Iterator
+import shutil
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from .errors import OutputError
@@ -85,6 +86,65 @@ def atomic_output(path: Path, force: bool = False, per_process: bool = False) ->
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def atomic_folder(path: Path, force: bool = False) -> Iterator[Path]:
+    """`atomic_output` for a folder: yield NAME.partial/, new and empty; on success each file in it
+    reaches the disk and it takes the place of `path` (with force, the old folder is moved aside
+    first and removed last); on any failure it is removed."""
+    path = Path(path)
+    check_writable(path, force)
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"{path} is a file, not a folder")
+    temporary = partial_path(path)
+    replaced = path.with_name(path.name + ".replaced")
+    shutil.rmtree(temporary, ignore_errors=True)  # left by a killed run
+    try:
+        temporary.mkdir()
+        yield temporary
+        for file in temporary.rglob("*"):
+            if file.is_file():
+                with open(file, "rb+") as written:
+                    os.fsync(written.fileno())
+        if path.exists():
+            if not force:
+                raise OutputError(f"{path} already exists (pass --force to replace it)")
+            shutil.rmtree(replaced, ignore_errors=True)
+            path.rename(replaced)
+        temporary.rename(path)
+        _fsync_folder(path.parent)
+        shutil.rmtree(replaced, ignore_errors=True)
+    except OSError as exc:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise OutputError(f"could not write {path}: {exc.strerror or exc}") from exc
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+
+
+def check_free_space(sizes: Mapping[Path, int]) -> None:
+    """Refuse before any work when the files about to be written (path -> expected bytes) do not
+    fit on their disks; files on one file system are added up."""
+    needed: dict[int, tuple[Path, int]] = {}
+    for path, size in sizes.items():
+        folder = Path(path).parent
+        device = os.stat(folder).st_dev
+        first, total = needed.get(device, (folder, 0))
+        needed[device] = (first, total + size)
+    for folder, total in needed.values():
+        free = shutil.disk_usage(folder).free
+        if total > free:
+            raise OutputError(f"not enough disk space in {folder}: the output needs about {format_bytes(total)}, "
+                              f"and {format_bytes(free)} is free")
+
+
+def format_bytes(n: int) -> str:
+    """1234567 -> '1.2 MB' (powers of 1000, as file managers show sizes)."""
+    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} bytes"
 
 
 def _fsync_folder(folder: Path) -> None:

@@ -13,17 +13,28 @@ import torch
 from safetensors.numpy import load_file
 from tests.support.tiny import TEST_TEXT, kld, llama_logits
 
-from medgemma_convert.export_hf import export_hf
-from medgemma_convert.options import ConversionOptions
+from medgemma_convert.export_hf import export_hf, plan_export_hf
+from medgemma_convert.options import ConversionOptions, ExportHfOptions
 from medgemma_convert.pipeline import convert
 from medgemma_convert.plan import plan
+from medgemma_convert.progress import Progress, ProgressEvent, no_progress
 from medgemma_convert.verify import compare_rows, default_eval_text, tokenize
 from medgemma_models.errors import ConversionError, OutputError
+from medgemma_models.files import sha256_file
+from medgemma_models.report import ConversionReport
 
 # Config fields that decide what the model computes: they must come back as they went in.
 SHAPE_KEYS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
               "head_dim", "sliding_window", "layer_types", "vocab_size", "final_logit_softcapping",
               "attn_logit_softcapping", "rope_theta")
+
+
+def export(model: Path, out: Path, progress: Progress = no_progress, **kwargs: object) -> ConversionReport:
+    return export_hf(plan_export_hf(ExportHfOptions.create(model, out, **kwargs)), progress)
+
+
+def folder(report: ConversionReport) -> Path:
+    return Path(report.extra["folder"])
 
 
 def gguf_of(base: Path, out: Path, quant: str = "f32") -> Path:
@@ -56,10 +67,10 @@ def test_f32_gguf_comes_back_as_the_original_weights(tiny, token_ids, tmp_path: 
 
     base = tiny.base(arch)
     source = gguf_of(base, tmp_path / "model.gguf")
-    result = export_hf(source, tmp_path / "hf")
-    assert result.architecture == arch
+    result = export(source, tmp_path / "hf")
+    assert result.inputs["base"]["architecture"] == arch
     assert result.warnings == ()  # an unquantized source with its own chat template: nothing to warn about
-    original, exported = load_file(base / "model.safetensors"), load_file(result.folder / "model.safetensors")
+    original, exported = load_file(base / "model.safetensors"), load_file(folder(result) / "model.safetensors")
     assert exported.keys() == original.keys() - {"lm_head.weight"}
     for name, weight in original.items():
         if name.endswith("norm.weight"):
@@ -68,23 +79,23 @@ def test_f32_gguf_comes_back_as_the_original_weights(tiny, token_ids, tmp_path: 
         elif name in exported:
             np.testing.assert_array_equal(exported[name], weight, err_msg=name)  # f32 all the way: bit for bit
     before = json.loads((base / "config.json").read_text())
-    after = json.loads((result.folder / "config.json").read_text())
+    after = json.loads((folder(result) / "config.json").read_text())
     for key in SHAPE_KEYS:
         if key in before:
             assert after[key] == before[key], key
     assert after["architectures"] == before["architectures"]
-    np.testing.assert_allclose(hf_logits(result.folder, token_ids), hf_logits(base, token_ids), atol=1e-4)
+    np.testing.assert_allclose(hf_logits(folder(result), token_ids), hf_logits(base, token_ids), atol=1e-4)
     # The rebuilt tokenizer splits text as llama.cpp does on the source file, and decodes it back.
-    tokenizer = AutoTokenizer.from_pretrained(result.folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder(result))
     ids = llama_tokens(source, TEST_TEXT)
     assert tokenizer(TEST_TEXT)["input_ids"] == ids
     assert tokenizer.decode(ids) == "<bos>" + TEST_TEXT
     prose = TEST_TEXT.rsplit("\n", 1)[1]  # no turn markers: as verify tokenizes evaluation text
     assert tokenizer(prose)["input_ids"] == tokenize(source, prose)[0]
-    config = json.loads((result.folder / "tokenizer_config.json").read_text())
+    config = json.loads((folder(result) / "tokenizer_config.json").read_text())
     assert config["added_tokens_decoder"]["5"]["content"] == "<end_of_turn>"
     assert config["chat_template"]
-    assert json.loads((result.folder / "generation_config.json").read_text())["eos_token_id"] == [1, 5]
+    assert json.loads((folder(result) / "generation_config.json").read_text())["eos_token_id"] == [1, 5]
 
 
 def test_round_trip_through_gguf_again_gives_the_same_file(tiny, tmp_path: Path) -> None:
@@ -92,8 +103,8 @@ def test_round_trip_through_gguf_again_gives_the_same_file(tiny, tmp_path: Path)
     from gguf import GGUFReader
 
     first = gguf_of(tiny.base("gemma3"), tmp_path / "first.gguf")
-    folder = export_hf(first, tmp_path / "hf").folder
-    second = gguf_of(folder, tmp_path / "second.gguf")
+    exported = folder(export(first, tmp_path / "hf"))
+    second = gguf_of(exported, tmp_path / "second.gguf")
     a, b = GGUFReader(first), GGUFReader(second)
     assert {t.name: bytes(t.data) for t in a.tensors} == {t.name: bytes(t.data) for t in b.tensors}
     keys = {k for k in a.fields if k.startswith(("gemma3.", "tokenizer.ggml."))}
@@ -106,13 +117,13 @@ def test_round_trip_through_gguf_again_gives_the_same_file(tiny, tmp_path: Path)
 
 def test_quantized_source_warns_and_loads(tiny, token_ids, tmp_path: Path) -> None:
     source = gguf_of(tiny.base("gemma3"), tmp_path / "model.gguf", quant="q8_0")
-    result = export_hf(source, tmp_path / "hf", dtype="bfloat16")
+    result = export(source, tmp_path / "hf", dtype="bfloat16")
     assert any("quantized (Q8_0)" in w for w in result.warnings), result.warnings
     from safetensors.torch import load_file as load_torch
 
-    assert load_torch(result.folder / "model.safetensors")["model.embed_tokens.weight"].dtype == torch.bfloat16
+    assert load_torch(folder(result) / "model.safetensors")["model.embed_tokens.weight"].dtype == torch.bfloat16
     # The 8-bit source in llama.cpp and its bf16 export in transformers still agree closely.
-    assert kld(llama_logits(source, token_ids), hf_logits(result.folder, token_ids)).mean() < 0.01
+    assert kld(llama_logits(source, token_ids), hf_logits(folder(result), token_ids)).mean() < 0.01
 
 
 def test_existing_folder_is_kept_unless_force(tiny, tmp_path: Path) -> None:
@@ -121,9 +132,9 @@ def test_existing_folder_is_kept_unless_force(tiny, tmp_path: Path) -> None:
     out.mkdir()
     (out / "mine.txt").write_text("keep me")
     with pytest.raises(OutputError, match="already exists"):
-        export_hf(source, out)
+        export(source, out)
     assert [p.name for p in out.iterdir()] == ["mine.txt"]
-    export_hf(source, out, force=True)
+    export(source, out, force=True)
     assert (out / "config.json").is_file() and not (out / "mine.txt").exists()
     assert not (tmp_path / "hf.partial").exists()
 
@@ -136,7 +147,7 @@ def test_interrupt_leaves_nothing(tiny, tmp_path: Path) -> None:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        export_hf(source, tmp_path / "hf", progress=interrupt)
+        export(source, tmp_path / "hf", progress=interrupt)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.gguf"]
 
 
@@ -144,18 +155,20 @@ def test_refusals(tiny, tmp_path: Path) -> None:
     not_gguf = tmp_path / "notes.gguf"
     not_gguf.write_bytes(b"not a model at all")
     with pytest.raises(ConversionError, match="not a readable GGUF"):
-        export_hf(not_gguf, tmp_path / "a")
+        export(not_gguf, tmp_path / "a")
     with pytest.raises(ConversionError, match="no such GGUF"):
-        export_hf(tmp_path / "missing.gguf", tmp_path / "b")
+        export(tmp_path / "missing.gguf", tmp_path / "b")
     model = gguf_of(tiny.base("gemma3"), tmp_path / "model.gguf")
     with pytest.raises(OutputError, match="does not exist"):
-        export_hf(model, tmp_path / "no" / "such" / "folder")
-    from medgemma_convert.lora_gguf import LoraOptions, export_lora, plan_lora
+        export(model, tmp_path / "no" / "such" / "folder")
+    from medgemma_convert.lora_gguf import export_lora
+    from medgemma_convert.options import LoraOptions
+    from medgemma_convert.plan import plan_lora
 
     adapter = tmp_path / "adapter.gguf"
     export_lora(plan_lora(LoraOptions.create(base=str(model), adapters=[str(tiny.adapter("gemma3", "qv"))], out=adapter)))
     with pytest.raises(ConversionError, match="is a LoRA adapter, not a model"):
-        export_hf(adapter, tmp_path / "c")
+        export(adapter, tmp_path / "c")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter.gguf", "model.gguf", "notes.gguf"]
 
 
@@ -168,6 +181,17 @@ def test_command_line(tiny, tmp_path: Path) -> None:
     again = subprocess.run([sys.executable, "-m", "medgemma_convert", "export-hf", str(source), str(tmp_path / "hf"),
                             "--progress", "none"], capture_output=True, text=True)
     assert again.returncode == 2 and "already exists" in again.stderr
+    # As the app reads a conversion: JSON progress lines, then the done event with the report.
+    lines = subprocess.run([sys.executable, "-m", "medgemma_convert", "export-hf", str(source), str(tmp_path / "hf"),
+                            "--dtype", "float16", "--progress", "json", "--force"],
+                           capture_output=True, text=True, check=True).stdout.splitlines()
+    events = [ProgressEvent.from_json_line(line) for line in lines]
+    assert all(events) and {"plan", "export-hf"} <= {e.stage for e in events if e}
+    report = events[-1].report if events[-1] else None
+    assert report is not None and report.outputs[0].file_type == "safetensors F16"
+    weights = tmp_path / "hf" / "model.safetensors"
+    assert report.outputs[0].sha256 == sha256_file(weights) and report.outputs[0].bytes == weights.stat().st_size
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf", "model.gguf"]  # no .partial, no .replaced
 
 
 @pytest.mark.slow
@@ -175,16 +199,16 @@ def test_real_270m_loads_and_follows_llama_cpp(gemma_270m: Path, tmp_path: Path)
     """The embedded Q4_K_M model exported in float32: transformers on it against llama.cpp on the source file."""
     from transformers import AutoTokenizer
 
-    result = export_hf(gemma_270m, tmp_path / "hf")
+    result = export(gemma_270m, tmp_path / "hf")
     assert any("quantized" in w for w in result.warnings)
     text = default_eval_text().split("\n\n")[0]
     ids, _ = tokenize(gemma_270m, text)
-    tokenizer = AutoTokenizer.from_pretrained(result.folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder(result))
     assert tokenizer(text)["input_ids"] == ids
     assert tokenizer.decode(ids, skip_special_tokens=True) == text
     assert tokenizer.convert_tokens_to_ids("<end_of_turn>") == 106
     expected = llama_logits(gemma_270m, ids)
-    got = hf_logits(result.folder, ids)
+    got = hf_logits(folder(result), ids)
     divergence, same, _, _ = compare_rows(got[:-1], expected[:-1], np.asarray(ids[1:]))
     # The same weights; llama.cpp multiplies its 4/5-bit blocks with 8-bit-quantized activations,
     # which is all that is left between them (measured: mean KLD 0.006, top-1 97 %).

@@ -18,7 +18,9 @@ from gguf import GGMLQuantizationType, GGUFReader
 from safetensors.numpy import load_file
 from tests.support.tiny import TEST_TEXT, gemma3_config, kld, llama_logits, make_adapter, make_model, reference_logits
 
-from medgemma_convert.lora_gguf import LoraOptions, export_lora, plan_lora
+from medgemma_convert.lora_gguf import export_lora
+from medgemma_convert.options import LoraOptions
+from medgemma_convert.plan import plan_lora
 from medgemma_convert.options import ConversionOptions
 from medgemma_convert.pipeline import convert
 from medgemma_convert.plan import plan

@@ -16,7 +16,8 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.pixels import get_decoder
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, JPEGLSLossless, RLELossless, generate_uid
 
-from medgemma_desktop.images.decode import MAX_PIXELS, ImageError, decode_image, read_image_file
+from medgemma_desktop.images.decode import decode_image, read_image_file
+from medgemma_desktop.images.limits import MAX_PIXELS, ImageError
 from medgemma_desktop.images.store import ImageStore
 
 CANARY_NAME, CANARY_ID = "Canaryson^Zebulon", "CANARY-PID-4417"

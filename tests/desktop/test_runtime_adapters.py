@@ -22,7 +22,9 @@ PROMPT = "<start_of_turn>user\nWhat are the first-line treatments for type 2 dia
 @pytest.fixture(scope="module")
 def adapter_files(hf_base_270m: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:  # noqa: F811
     """Two small f32 GGUF adapters for the real 270M (q/v r=4, and the MLP r=2), plus both folded into one file."""
-    from medgemma_convert.lora_gguf import LoraOptions, export_lora, plan_lora
+    from medgemma_convert.lora_gguf import export_lora
+    from medgemma_convert.options import LoraOptions
+    from medgemma_convert.plan import plan_lora
 
     folder = tmp_path_factory.mktemp("runtime-adapters")
     peft = {

@@ -87,10 +87,12 @@ GEMMA2_2B = "google/gemma-2-2b"
 
 def build_hf_base(gguf_path: Path, out: Path) -> Path:
     """Write a Google-style HF folder for the Gemma-3-270M in `gguf_path` (bf16 safetensors), with `export-hf`."""
-    from medgemma_convert.export_hf import export_hf
+    from medgemma_convert.export_hf import export_hf, plan_export_hf
+    from medgemma_convert.options import ExportHfOptions
 
     out.parent.mkdir(parents=True, exist_ok=True)  # export-hf makes the folder, not its parents
-    return export_hf(gguf_path, out, dtype="bfloat16").folder
+    export_hf(plan_export_hf(ExportHfOptions.create(gguf_path, out, dtype="bfloat16")))
+    return out
 
 
 def random_gemma3(out: Path, tokenizer_from: Path, base_id: str, seed: int = 0) -> Path:

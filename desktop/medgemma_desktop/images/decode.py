@@ -17,18 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medgemma_models.errors import MedGemmaError
 from medgemma_models.mtmd_compat import RgbImage
 
-MAX_FILE_BYTES = 512 * 1024 * 1024  # the largest file read at all (a big multi-frame DICOM fits)
-MAX_PIXELS = 64 * 1024 * 1024  # per picture, checked from the header before decoding
+from .limits import MAX_FILE_BYTES, ImageError, check_pixels
+
 STORED_SIDE = 2048  # longer pictures are scaled down to this: the model sees 896x896 at most
 PILLOW_FORMATS = {"PNG": "png", "JPEG": "jpeg", "WEBP": "webp"}
 DICOM_PREAMBLE = 128  # bytes before the "DICM" magic
-
-
-class ImageError(MedGemmaError):
-    """An image that cannot be used; the message names the file and why."""
 
 
 @dataclass(frozen=True)
@@ -117,11 +112,6 @@ def _pillow_picture(data: bytes, name: str) -> tuple[Any, str]:
     except (OSError, SyntaxError, ValueError) as exc:  # Pillow's word for a truncated or damaged file
         raise ImageError(f"{name} is damaged or cut short: {exc}") from exc
     return picture.convert("RGB"), kind
-
-
-def check_pixels(pixels: int, name: str) -> None:
-    if pixels > MAX_PIXELS:
-        raise ImageError(f"{name} has {pixels / 1e6:.0f} million pixels; up to {MAX_PIXELS / 1e6:.0f} million are decoded")
 
 
 def _stored(picture: Any, kind: str, facts: dict[str, str]) -> DecodedImage:

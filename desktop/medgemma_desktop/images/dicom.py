@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from .decode import ImageError, check_pixels
+from .limits import ImageError, check_pixels
 
 # DICOM keyword -> the fact's name in the message meta. None of these identifies a person.
 FACTS = {"Modality": "modality", "BodyPartExamined": "body_part", "ViewPosition": "view", "ImageLaterality": "laterality"}

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..answer import AnswerStats
-from ..images.decode import DecodedImage, ImageError, decode_image
+from ..images.decode import DecodedImage, decode_image
+from ..images.limits import ImageError
 
 
 class ApiError(Exception):
