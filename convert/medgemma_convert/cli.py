@@ -58,7 +58,7 @@ def _convert_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"medgemma-convert {__version__}")
     p.add_argument("--base", required=True,
                    help="Hugging Face folder, GGUF file, or hub:OWNER/NAME to download from the Hugging Face hub")
-    p.add_argument("--adapter", action="append", default=[], metavar="PATH[:SCALE]",
+    p.add_argument("--adapter", dest="adapters", action="append", default=[], metavar="PATH[:SCALE]",
                    help="PEFT LoRA folder or hub:OWNER/NAME, optionally with a scale; repeatable")
     p.add_argument("--out", required=True, type=Path, metavar="OUT.gguf")
     p.add_argument("--quant", default="f16", metavar="TYPE[,TYPE...]", help=f"one or more of: {', '.join(VALID)} (default f16)")
@@ -80,7 +80,7 @@ def _convert_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-type", type=str.lower, metavar="TYPE", help=f"type of the output matrix: {', '.join(TENSOR_TYPES)}")
     p.add_argument("--embedding-type", type=str.lower, metavar="TYPE",
                    help="type of the token embedding; differing from --output-type writes a separate output matrix")
-    p.add_argument("--tensor-type", action="append", default=[], metavar="REGEX=TYPE",
+    p.add_argument("--tensor-type", dest="tensor_types", action="append", default=[], metavar="REGEX=TYPE",
                    help="type of the tensors whose GGUF name matches REGEX; repeatable, the first match wins")
     vision = p.add_mutually_exclusive_group()
     vision.add_argument("--mmproj-out", type=Path, metavar="MMPROJ.gguf",
@@ -117,10 +117,10 @@ def _lora_parser() -> argparse.ArgumentParser:
     p = _subcommand_parser(
         "lora", "Write PEFT LoRA adapters as one GGUF LoRA adapter that llama.cpp applies at runtime, unmerged.")
     p.add_argument("--base", required=True, help="the base the adapters were trained on: Hugging Face folder, hub repo id, or GGUF")
-    p.add_argument("--adapter", action="append", required=True, metavar="DIR[:SCALE]",
+    p.add_argument("--adapter", dest="adapters", action="append", required=True, metavar="DIR[:SCALE]",
                    help="PEFT LoRA folder or hub repo id, optionally with a scale; repeatable (ranks are concatenated)")
     p.add_argument("--out", required=True, type=Path, metavar="ADAPTER.gguf")
-    p.add_argument("--outtype", choices=LORA_TYPES, default="f16", help="tensor type (default f16)")
+    p.add_argument("--outtype", dest="out_type", choices=LORA_TYPES, default="f16", help="tensor type (default f16)")
     p.add_argument("--preset", help="prompt preset recorded in the file (default: found in the catalog)")
     p.add_argument("--name", help="general.name of the adapter")
     p.add_argument("--verify", action="store_true", help="compare base + adapter in llama.cpp with transformers + PEFT")
@@ -266,11 +266,7 @@ def _lora(args: argparse.Namespace, json_lines: JsonLines | None) -> None:
     from .options import LoraOptions
     from .plan import plan_lora
 
-    options = LoraOptions.create(
-        base=args.base, adapters=args.adapter, out=args.out, out_type=args.outtype, verify=args.verify,
-        eval_text=args.eval_text.absolute() if args.eval_text else None, preset=args.preset, name=args.name,
-        force=args.force,
-    )
+    options = LoraOptions.create(**_option_values(args, LoraOptions.create))
     with _progress(args, json_lines) as progress:
         the_plan = plan_lora(options, progress)
         _print_warnings(the_plan.warnings)
@@ -288,7 +284,7 @@ def _export_hf(args: argparse.Namespace, json_lines: JsonLines | None) -> None:
     from .export_hf import export_hf, plan_export_hf
     from .options import ExportHfOptions
 
-    options = ExportHfOptions.create(args.model, args.out, dtype=args.dtype, force=args.force)
+    options = ExportHfOptions.create(**_option_values(args, ExportHfOptions.create))
     with _progress(args, json_lines) as progress:
         the_plan = plan_export_hf(options, progress)
         _print_warnings(the_plan.warnings)
@@ -299,6 +295,15 @@ def _export_hf(args: argparse.Namespace, json_lines: JsonLines | None) -> None:
         return
     output = report.outputs[0]
     print(f"{options.out}  {the_plan.arch}  {output.tensor_types}  {output.bytes:,} bytes")
+
+
+def _option_values(args: argparse.Namespace, create: Callable[..., object]) -> dict[str, object]:
+    """The parsed flags an options class takes: each flag's dest is the name of its parameter, or of
+    its field (tests/convert/test_cli.py checks that every flag has one and every field a flag)."""
+    return {name: value for name, value in vars(args).items() if name not in _RUN_ONLY}
+
+
+_RUN_ONLY = {"progress"}  # flags of the run itself, not of what it converts
 
 
 def _print_sizes(sizes: dict[Path, int], args: argparse.Namespace, peak: int | None = None) -> None:
@@ -320,18 +325,7 @@ def _convert(args: argparse.Namespace, json_lines: JsonLines | None) -> None:
     from .options import ConversionOptions
     from .plan import plan
 
-    options = ConversionOptions.create(
-        base=args.base, out=args.out, adapters=args.adapter, quant=args.quant, preset=args.preset,
-        name=args.name, license=args.license, verify=args.verify,
-        eval_text=args.eval_text.absolute() if args.eval_text else None,
-        report=args.report.absolute() if args.report else None, force=args.force,
-        imatrix=args.imatrix if args.imatrix in (None, "auto") else str(Path(args.imatrix).absolute()),
-        calibration_text=args.calibration_text.absolute() if args.calibration_text else None,
-        save_imatrix=args.save_imatrix.absolute() if args.save_imatrix else None,
-        output_type=args.output_type, embedding_type=args.embedding_type, tensor_types=args.tensor_type,
-        mmproj=args.mmproj, mmproj_type=args.mmproj_type,
-        mmproj_out=args.mmproj_out.absolute() if args.mmproj_out else None,
-    )
+    options = ConversionOptions.create(**_option_values(args, ConversionOptions.create))
     with _progress(args, json_lines) as progress:
         the_plan = plan(options, progress)
         _print_warnings(the_plan.warnings)

@@ -72,8 +72,14 @@ class ConversionOptions:
         tensor_types: list[str] | tuple[str, ...] = (),
         **kwargs: object,
     ) -> ConversionOptions:
-        """Build options from the strings a command line or a dialog collects."""
+        """Build options from the strings a command line or a dialog collects; the command line's
+        flags are these parameters' names (`--eval-text` is `eval_text`), so the two cannot drift."""
         out = Path(out).expanduser().absolute()
+        for name in _PATHS:
+            if kwargs.get(name) is not None:
+                kwargs[name] = Path(kwargs[name]).expanduser().absolute()  # type: ignore[arg-type]
+        if kwargs.get("imatrix") not in (None, "auto"):
+            kwargs["imatrix"] = str(Path(str(kwargs["imatrix"])).expanduser().absolute())
         options = cls(
             base=base,
             out=out,
@@ -123,6 +129,8 @@ class LoraOptions:
     @classmethod
     def create(cls, base: str, adapters: list[str] | tuple[str, ...], out: str | Path, **kwargs: Any) -> LoraOptions:
         """Options from the strings a command line collects ('DIR' or 'DIR:SCALE' adapters)."""
+        if kwargs.get("eval_text") is not None:
+            kwargs["eval_text"] = Path(kwargs["eval_text"]).expanduser().absolute()
         options = cls(base=base, adapters=tuple(AdapterSpec.parse(a) for a in adapters),
                       out=Path(out).expanduser().absolute(), **kwargs)
         options.check()
@@ -155,6 +163,7 @@ class ExportHfOptions:
             raise ConversionError(f"unknown dtype {self.dtype}; choose one of {', '.join(HF_DTYPES)}")
 
 
+_PATHS = ("eval_text", "calibration_text", "save_imatrix", "report", "mmproj_out")
 VERIFY_MODES = ("quick", "full", "none")
 LORA_TYPES = ("f32", "f16", "q8_0")
 HF_DTYPES = ("float32", "bfloat16", "float16")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import json
 import subprocess
 import sys
@@ -9,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from medgemma_convert import cli as command_line
+from medgemma_convert.options import ConversionOptions, ExportHfOptions, LoraOptions
 from medgemma_models.files import sha256_file
 
 HEAVY = ("torch", "transformers", "peft", "llama_cpp", "safetensors")
@@ -133,3 +137,16 @@ def test_verify_reports_figures_for_each_output(tiny, tmp_path):
     assert figures["top1"] >= 0.99 and figures["mean_kld"] < 1e-4  # ties may flip on a longer text
     assert figures["ppl_gguf"] == pytest.approx(figures["ppl_reference"], rel=1e-3)
     assert "verify" in [s["stage"] for s in report["stages"]]
+
+
+@pytest.mark.parametrize("parser, options", [
+    (command_line._convert_parser, ConversionOptions), (command_line._lora_parser, LoraOptions),
+    (command_line._export_hf_parser, ExportHfOptions)])
+def test_every_flag_is_an_option_and_every_option_a_flag(parser, options):
+    """A flag's dest names a parameter of the options' `create`, or a field; each field is set by a flag."""
+    dests = {a.dest for a in parser()._actions if a.dest not in ("help", "version")} - command_line._RUN_ONLY
+    parameters = set(inspect.signature(options.create).parameters) - {"kwargs"}
+    fields = {f.name for f in dataclasses.fields(options)}
+    assert dests <= parameters | fields, dests - parameters - fields
+    # `create` turns the strings of --quant into the field quants.
+    assert fields <= dests | {"quants"}, fields - dests

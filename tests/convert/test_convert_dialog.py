@@ -164,3 +164,23 @@ def test_the_dialog_writes_a_runtime_adapter_beside_the_base(qtbot, tiny, tmp_pa
     assert len(dialog.report.inputs["adapters"]) == 1 and dialog.report.extra["adapter"]["alpha"] > 0
     dialog.kind.setCurrentIndex(dialog.kind.findData("merged"))
     assert dialog.quant_boxes["q4_k_m"].isEnabled() and "q4_speed" in dialog.quant_boxes
+
+
+def test_the_vision_projector_is_a_choice_of_merged_exports(qtbot, tiny_vision, tmp_path):
+    folder = tmp_path / "out"
+    folder.mkdir()
+    out = folder / "medgemma-tiny.gguf"
+    dialog, _, converted = _dialog(qtbot, tiny_vision.base, tiny_vision.all_linear, out)
+    for box in dialog.quant_boxes.values():
+        box.setChecked(box is dialog.quant_boxes["f16"])
+    assert dialog.mmproj.isChecked() and "--no-mmproj" not in dialog.arguments()
+    dialog.kind.setCurrentIndex(dialog.kind.findData("adapter"))
+    assert not dialog.mmproj.isEnabled() and "--no-mmproj" not in dialog.arguments()
+    dialog.kind.setCurrentIndex(dialog.kind.findData("merged"))
+    dialog.mmproj.setChecked(False)
+    assert dialog.arguments()[-1] == "--no-mmproj"
+    dialog.start()
+    qtbot.waitUntil(lambda: dialog.error is not None or dialog.stage.text().startswith("Done"), timeout=180_000)
+    assert dialog.error is None, dialog.log.toPlainText()
+    # The image model's text part only: no mmproj-medgemma-tiny.gguf beside it.
+    assert converted == [str(out)] and [p.name for p in folder.iterdir()] == ["medgemma-tiny.gguf"]

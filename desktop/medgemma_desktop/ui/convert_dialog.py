@@ -92,11 +92,11 @@ MERGED, RUNTIME_ADAPTER = "merged", "adapter"  # the output kinds: one model fil
 
 def convert_arguments(base: str, adapters: list[tuple[str, float]], out: str, quants: list[str],
                       preset: str | None, name: str | None, verify: bool, imatrix: bool = False,
-                      kind: str = MERGED) -> list[str]:
+                      kind: str = MERGED, mmproj: bool = True) -> list[str]:
     """The `medgemma-convert` command line the dialog's fields describe.
 
-    A runtime adapter (`medgemma-convert lora`) keeps the base as it is, so quantizations and the
-    importance matrix do not apply to it.
+    A runtime adapter (`medgemma-convert lora`) keeps the base as it is, so quantizations, the
+    importance matrix and the vision projector (mmproj) do not apply to it.
     """
     args = ["-m", "medgemma_convert", *(["lora"] if kind == RUNTIME_ADAPTER else []), "--base", base]
     for path, scale in adapters:
@@ -112,6 +112,8 @@ def convert_arguments(base: str, adapters: list[tuple[str, float]], out: str, qu
         args.append("--verify")
     if imatrix and kind != RUNTIME_ADAPTER:
         args += ["--imatrix", "auto"]
+    if not mmproj and kind != RUNTIME_ADAPTER:
+        args.append("--no-mmproj")
     return args
 
 
@@ -193,6 +195,11 @@ class ConvertDialog(QDialog):
         self.verify.setAccessibleName("Full verification")
         self.imatrix = QCheckBox("Importance matrix from medical text (better 4-bit quality)", self)
         self.imatrix.setAccessibleName("Importance matrix")
+        self.mmproj = QCheckBox("Vision projector (mmproj) beside the model, for an image model's base", self)
+        self.mmproj.setAccessibleName("Vision projector")
+        self.mmproj.setToolTip("A multimodal base such as MedGemma 4B also writes mmproj-<output name>, the file "
+                               "that lets the model see images; a text-only base has none to write.")
+        self.mmproj.setChecked(True)
 
         form = QFormLayout()
         form.addRow("Base", base_row)
@@ -205,6 +212,7 @@ class ConvertDialog(QDialog):
         form.addRow("Output", self.out)
         form.addRow("", self.verify)
         form.addRow("", self.imatrix)
+        form.addRow("", self.mmproj)
 
         self.stage = QLabel("", self)
         self.stage.setTextFormat(Qt.TextFormat.PlainText)  # stages and errors quote file names
@@ -245,6 +253,7 @@ class ConvertDialog(QDialog):
         for box in self.quant_boxes.values():
             box.setEnabled(merged)
         self.imatrix.setEnabled(merged)
+        self.mmproj.setEnabled(merged)
         self.verify.setText("Full verification against transformers (slower)" if merged
                             else "Verify base + adapter in llama.cpp against transformers + PEFT")
 
@@ -287,7 +296,8 @@ class ConvertDialog(QDialog):
         quants = [q for q, box in self.quant_boxes.items() if box.isChecked()] or list(CHECKED[:1])
         return convert_arguments(absolute(self.base.text().strip()), adapters, absolute(self.out.text().strip()), quants,
                                  self.preset.currentData() or None, self.name.text().strip() or None,
-                                 self.verify.isChecked(), self.imatrix.isChecked(), self.kind.currentData())
+                                 self.verify.isChecked(), self.imatrix.isChecked(), self.kind.currentData(),
+                                 self.mmproj.isChecked())
 
     # -- the child processes --------------------------------------------------------------------
 
