@@ -266,7 +266,7 @@ def _lora(args: argparse.Namespace, json_lines: JsonLines | None) -> None:
     from .options import LoraOptions
     from .plan import plan_lora
 
-    options = LoraOptions.create(**_option_values(args, LoraOptions.create))
+    options = LoraOptions.create(**_option_values(args))
     with _progress(args, json_lines) as progress:
         the_plan = plan_lora(options, progress)
         _print_warnings(the_plan.warnings)
@@ -284,7 +284,7 @@ def _export_hf(args: argparse.Namespace, json_lines: JsonLines | None) -> None:
     from .export_hf import export_hf, plan_export_hf
     from .options import ExportHfOptions
 
-    options = ExportHfOptions.create(**_option_values(args, ExportHfOptions.create))
+    options = ExportHfOptions.create(**_option_values(args))
     with _progress(args, json_lines) as progress:
         the_plan = plan_export_hf(options, progress)
         _print_warnings(the_plan.warnings)
@@ -297,7 +297,14 @@ def _export_hf(args: argparse.Namespace, json_lines: JsonLines | None) -> None:
     print(f"{options.out}  {the_plan.arch}  {output.tensor_types}  {output.bytes:,} bytes")
 
 
-def _option_values(args: argparse.Namespace, create: Callable[..., object]) -> dict[str, object]:
+def option_values(argv: Sequence[str]) -> dict[str, object]:
+    """What a command line (its first word `lora` or `export-hf`, or neither) hands its options class's
+    `create`, without running it. Every flag's default is there, so its keys are all the flags' dests."""
+    parser = {"lora": _lora_parser, "export-hf": _export_hf_parser}.get(argv[0] if argv else "")
+    return _option_values(parser().parse_args(argv[1:]) if parser else _convert_parser().parse_args(argv))
+
+
+def _option_values(args: argparse.Namespace) -> dict[str, object]:
     """The parsed flags an options class takes: each flag's dest is the name of its parameter, or of
     its field (tests/convert/test_cli.py checks that every flag has one and every field a flag)."""
     return {name: value for name, value in vars(args).items() if name not in _RUN_ONLY}
@@ -325,7 +332,7 @@ def _convert(args: argparse.Namespace, json_lines: JsonLines | None) -> None:
     from .options import ConversionOptions
     from .plan import plan
 
-    options = ConversionOptions.create(**_option_values(args, ConversionOptions.create))
+    options = ConversionOptions.create(**_option_values(args))
     with _progress(args, json_lines) as progress:
         the_plan = plan(options, progress)
         _print_warnings(the_plan.warnings)

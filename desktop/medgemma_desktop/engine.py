@@ -28,7 +28,7 @@ from . import adapters as runtime_adapters
 from .answer import GenerationStats, LoadCancelledError, OffloadReport
 from .forced_offload import split_mode, supports_gpu_offload
 from .prompt_tokens import tokenize_prompt
-from .settings import GenerationSettings, GpuSetting, LoadOptions
+from .settings import SamplingParams, GpuSetting, LoadParams
 
 if TYPE_CHECKING:
     from .generation import AdapterUse
@@ -110,7 +110,7 @@ class Engine:
         self.llm: llama_cpp.Llama | None = None
         self.info: ModelInfo | None = None
         self.offload: OffloadReport | None = None
-        self.options: LoadOptions | None = None
+        self.options: LoadParams | None = None
         self.last_stats: GenerationStats | None = None
         self.vision: VisionContext | None = None
         self.images_encoded = 0  # every image evaluated since the load: a follow-up question adds none
@@ -129,7 +129,7 @@ class Engine:
     def load(
         self,
         path: Path | str,
-        options: LoadOptions = LoadOptions(),
+        options: LoadParams = LoadParams(),
         progress: Callable[[float], bool] | None = None,
     ) -> OffloadReport:
         """Load a GGUF, offloading to the GPU when the build and the setting allow.
@@ -168,7 +168,7 @@ class Engine:
         return self.offload
 
     def _open(
-        self, path: Path, options: LoadOptions, n_gpu_layers: int, progress: Callable[[float], bool] | None
+        self, path: Path, options: LoadParams, n_gpu_layers: int, progress: Callable[[float], bool] | None
     ) -> llama_cpp.Llama:
         cancelled = False
 
@@ -314,7 +314,7 @@ class Engine:
     def stream(
         self,
         prompt: Prompt | Sequence[int],
-        settings: GenerationSettings = GenerationSettings(),
+        settings: SamplingParams = SamplingParams(),
         should_stop: Callable[[], bool] = lambda: False,
     ) -> Iterator[str]:
         """Yield the answer's text, one piece per generated token (a piece can be empty while a

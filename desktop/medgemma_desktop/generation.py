@@ -27,7 +27,7 @@ from .adapter_files import AdapterFile, check_fits, read_adapter
 from .answer import AnswerStats, GenerationStats, LoadCancelledError, OffloadReport
 from .conversation import ChatMessage, ImageLoader, build_prompt
 from .events import AnswerPiece, Failed, Finished, PromptPlanned, ReasoningPiece, RuntimeEvent
-from .settings import GenerationSettings, LoadOptions
+from .settings import SamplingParams, LoadParams
 from .vision_files import find_mmproj, is_mmproj
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ class EngineLike(Protocol):
     @property
     def n_ctx(self) -> int: ...
 
-    def load(self, path: Path, options: LoadOptions,
+    def load(self, path: Path, options: LoadParams,
              progress: Callable[[float], bool] | None = None) -> OffloadReport: ...
 
     def set_adapters(self, adapters: Sequence[AdapterUse]) -> None: ...
@@ -54,7 +54,7 @@ class EngineLike(Protocol):
 
     def tokenize(self, prompt: Prompt) -> list[int]: ...
 
-    def stream(self, prompt: Prompt | Sequence[int], settings: GenerationSettings,
+    def stream(self, prompt: Prompt | Sequence[int], settings: SamplingParams,
                should_stop: Callable[[], bool] = ...) -> Iterator[str]: ...
 
     def close(self) -> None: ...
@@ -74,7 +74,7 @@ class ModelRequest:
 
     base: Path | None  # None: the embedded default model, assembled into the store on first use
     adapters: tuple[AdapterUse, ...] = ()
-    options: LoadOptions = LoadOptions()
+    options: LoadParams = LoadParams()
     mmproj: Path | None = None  # the vision projector that lets the model see images
 
 
@@ -110,7 +110,7 @@ class GenerationRequest:
 
     preset: Preset
     messages: Sequence[ChatMessage]
-    settings: GenerationSettings
+    settings: SamplingParams
     system: str | None
     think: bool
     send_reasoning_back: bool

@@ -20,7 +20,7 @@ from medgemma_models.store import is_embedded_model as is_embedded_file
 
 from .adapter_files import AdapterFile, check_fits, is_adapter, read_adapter
 from .generation import AdapterUse, ModelRequest
-from .settings import LoadOptions
+from .settings import LoadParams
 
 __all__ = ["AdapterMatch", "base_candidates", "find_base", "inspect_file", "is_embedded_file", "resolve",
            "resolve_adapter"]
@@ -90,7 +90,7 @@ def inspect_file(path: Path, recent: Sequence[Path] = ()) -> ModelInfo | Adapter
 
 def resolve_adapter(path: Path, base: Path | None = None, recent: Sequence[Path] = (),
                     ask_base: Callable[[AdapterFile], Path | None] | None = None,
-                    options: LoadOptions = LoadOptions()) -> ModelRequest | None:
+                    options: LoadParams = LoadParams()) -> ModelRequest | None:
     """An adapter file on its base: `base` if given, else the known file it fits, else the one
     `ask_base` picks (None: the user cancelled). Raises MedGemmaError naming what does not fit."""
     adapter = read_adapter(path)
@@ -110,7 +110,7 @@ def resolve_adapter(path: Path, base: Path | None = None, recent: Sequence[Path]
 
 
 def resolve(model: Path | None, adapters: Sequence[AdapterUse] = (), recent: Sequence[Path] = (),
-            options: LoadOptions = LoadOptions()) -> ModelRequest:
+            options: LoadParams = LoadParams()) -> ModelRequest:
     """A model named by a front end (`--model`, `--adapter`…): a base (None: the embedded default)
     with `adapters` on it; an adapter named as the model, or adapters with no model, find their base."""
     adapters = tuple(adapters)

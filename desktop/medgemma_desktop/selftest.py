@@ -10,7 +10,7 @@ from medgemma_models.catalog import get_preset
 from medgemma_models.prompt import Turn
 
 from .engine import Engine
-from .settings import GenerationSettings, LoadOptions
+from .settings import SamplingParams, LoadParams
 
 SELF_TEST_QUESTION = "A 58-year-old man has crushing chest pain radiating to his left arm. What is the most likely diagnosis?"
 SELF_TEST_TOKENS = 64
@@ -20,12 +20,12 @@ def run_self_test(model: Path | None = None, gpu: str | int = "auto", n_ctx: int
     """Greedy generation of a fixed number of tokens from a fixed medical prompt."""
     path = Path(model) if model else store.default_model()
     engine = Engine()
-    offload = engine.load(path, LoadOptions(n_ctx=n_ctx, gpu=gpu))
+    offload = engine.load(path, LoadParams(n_ctx=n_ctx, gpu=gpu))
     try:
         prompt = get_preset("gemma-chat").build_prompt([Turn("user", SELF_TEST_QUESTION)])
         # A greedy run that ignores end-of-turn would need a model-specific hack; instead the
         # figures say how many tokens were really generated.
-        settings = GenerationSettings(temperature=0.0, top_k=1, top_p=1.0, max_tokens=SELF_TEST_TOKENS)
+        settings = SamplingParams(temperature=0.0, top_k=1, top_p=1.0, max_tokens=SELF_TEST_TOKENS)
         answer = "".join(engine.stream(prompt, settings))
         stats = engine.last_stats
         info = engine.info

@@ -1,7 +1,9 @@
 """A model's working settings: one home for their defaults, limits and stored form.
 
-`ChatSettings` shape the prompt and the answer, `LoadSettings` the model load. History stores
-both as one flat JSON object per model file (`to_dict`); reading it back (`from_dict`) checks
+Two kinds, named so: *settings* are what the user chose and History keeps (`ChatSettings` shape the
+prompt and the answer, `LoadSettings` the model load); *params* are what the engine takes for one
+answer or one load (`SamplingParams`, `LoadParams`), made from the settings. History stores the
+settings as one flat JSON object per model file (`to_dict`); reading it back (`from_dict`) checks
 every value, and one that is missing, of the wrong type or out of range takes its default
 instead of failing: a settings row written by another version never stops the app.
 """
@@ -34,7 +36,7 @@ LIMITS: dict[str, tuple[float, float]] = {
 
 
 @dataclass(frozen=True)
-class GenerationSettings:
+class SamplingParams:
     """Sampling of one answer, as the engine takes it."""
 
     temperature: float = 0.7
@@ -48,7 +50,7 @@ class GenerationSettings:
 
 
 @dataclass(frozen=True)
-class LoadOptions:
+class LoadParams:
     """A model load, as the engine takes it."""
 
     n_ctx: int = 4096
@@ -56,7 +58,7 @@ class LoadOptions:
     gpu: GpuSetting = GPU_AUTO
 
 
-_SAMPLING = GenerationSettings()
+_SAMPLING = SamplingParams()
 SAMPLING_DEFAULTS: dict[str, Any] = {
     "temperature": _SAMPLING.temperature, "top_p": _SAMPLING.top_p, "top_k": _SAMPLING.top_k,
     "repeat_penalty": _SAMPLING.repeat_penalty, "max_tokens": _SAMPLING.max_tokens,
@@ -135,12 +137,12 @@ class ChatSettings:
     def system_prompt(self) -> str | None:
         return self.system.strip() or None
 
-    def generation(self, seed: int | None = None) -> GenerationSettings:
-        return GenerationSettings(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
+    def generation(self, seed: int | None = None) -> SamplingParams:
+        return SamplingParams(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
                                   repeat_penalty=self.repeat_penalty, max_tokens=self.max_tokens, seed=seed)
 
 
-_LOADING = LoadOptions()
+_LOADING = LoadParams()
 
 
 @dataclass(frozen=True)
@@ -165,9 +167,9 @@ class LoadSettings:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def options(self) -> LoadOptions:
+    def options(self) -> LoadParams:
         gpu: GpuSetting = self.gpu_layers if self.gpu == GPU_LAYERS else self.gpu
-        return LoadOptions(n_ctx=self.n_ctx, n_threads=self.threads or None, gpu=gpu)
+        return LoadParams(n_ctx=self.n_ctx, n_threads=self.threads or None, gpu=gpu)
 
 
 def stored_settings(chat: ChatSettings, load: LoadSettings) -> dict[str, Any]:

@@ -17,7 +17,7 @@ import llama_cpp
 import numpy as np
 
 from medgemma_desktop.engine import Engine
-from medgemma_desktop.settings import GenerationSettings, LoadOptions
+from medgemma_desktop.settings import SamplingParams, LoadParams
 from medgemma_models import store
 from medgemma_models.prompt import Prompt, PromptSegment
 
@@ -41,7 +41,7 @@ def bare_loop(llm: llama_cpp.Llama, tokens: list[int], n: int) -> float:
 def engine_path(engine: Engine, n: int) -> float:
     assert engine.llm is not None
     engine.llm.reset()
-    settings = GenerationSettings(temperature=0.0, top_k=1, top_p=1.0, max_tokens=n)
+    settings = SamplingParams(temperature=0.0, top_k=1, top_p=1.0, max_tokens=n)
     list(engine.stream(PROMPT, settings))  # the figures come from the engine once the stream ends
     stats = engine.last_stats
     assert stats is not None
@@ -59,7 +59,7 @@ def main() -> None:
     args = parser.parse_args()
     path = args.model or store.default_model()
     engine = Engine()
-    engine.load(path, LoadOptions(n_ctx=1024, gpu="cpu"))
+    engine.load(path, LoadParams(n_ctx=1024, gpu="cpu"))
     tokens = engine.tokenize(PROMPT)
     bare, ours = [], []
     engine_path(engine, 8)  # warm-up

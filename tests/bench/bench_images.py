@@ -27,7 +27,7 @@ import numpy as np
 
 from medgemma_desktop.engine import Engine
 from medgemma_desktop.generation import ModelRequest, open_model
-from medgemma_desktop.settings import GenerationSettings, LoadOptions
+from medgemma_desktop.settings import SamplingParams, LoadParams
 from medgemma_models.catalog import presets
 from medgemma_models.mtmd_compat import RgbImage, VisionContext
 from medgemma_models.prompt import PromptImage, Turn
@@ -36,7 +36,7 @@ MEDGEMMA_VISION = {"hidden_size": 1152, "intermediate_size": 4304, "num_hidden_l
 MEDGEMMA_TEXT = {"hidden_size": 2560, "intermediate_size": 256, "num_attention_heads": 8, "num_key_value_heads": 4,
                  "head_dim": 256, "query_pre_attn_scalar": 256}
 SIDE, PATCH, TOKENS = 896, 14, 256
-GREEDY = GenerationSettings(temperature=0.0, max_tokens=4)
+GREEDY = SamplingParams(temperature=0.0, max_tokens=4)
 
 
 def build_pair(work: Path) -> tuple[Path, Path]:
@@ -78,7 +78,7 @@ def bare_encode_ms(model: Path, mmproj: Path, image: PromptImage, threads: int) 
 
 def app_round(model: Path, mmproj: Path, image: PromptImage, threads: int) -> tuple[float, float, float]:
     """(image encode ms, first TTFT ms, follow-up TTFT ms) through the app's engine."""
-    engine, _ = open_model(Engine, ModelRequest(model, mmproj=mmproj, options=LoadOptions(n_ctx=1024, n_threads=threads)))
+    engine, _ = open_model(Engine, ModelRequest(model, mmproj=mmproj, options=LoadParams(n_ctx=1024, n_threads=threads)))
     try:
         chat = presets()["gemma-chat"]
         first = [Turn("user", "Describe this chest X-ray.", (image,))]

@@ -78,13 +78,13 @@ def convert(base: Path, adapter: Path, out: Path, quants: str, *extra: str) -> d
 
 def decode_speed(path: Path, tokens: int) -> float:
     """Tokens per second of the app's engine streaming greedily from PROMPT."""
-    from medgemma_desktop.engine import Engine, GenerationSettings, LoadOptions
+    from medgemma_desktop.engine import Engine, SamplingParams, LoadParams
 
     engine = Engine()
-    engine.load(path, LoadOptions(n_ctx=512, gpu="cpu"))
+    engine.load(path, LoadParams(n_ctx=512, gpu="cpu"))
     try:
-        settings = GenerationSettings(temperature=0.0, top_k=1, top_p=1.0, max_tokens=tokens)
-        list(engine.stream(PROMPT, GenerationSettings(temperature=0.0, top_k=1, max_tokens=4)))  # warm-up: pages in the weights
+        settings = SamplingParams(temperature=0.0, top_k=1, top_p=1.0, max_tokens=tokens)
+        list(engine.stream(PROMPT, SamplingParams(temperature=0.0, top_k=1, max_tokens=4)))  # warm-up: pages in the weights
         engine.llm.reset()  # type: ignore[union-attr]
         list(engine.stream(PROMPT, settings))  # the figures come from the engine once the stream ends
         stats = engine.last_stats

@@ -18,7 +18,7 @@ import pytest
 from medgemma_desktop.ask import Asker
 from medgemma_desktop.engine import Engine
 from medgemma_desktop.generation import AdapterUse, LoadFailed, ModelRequest, open_model
-from medgemma_desktop.settings import LoadOptions
+from medgemma_desktop.settings import LoadParams
 from medgemma_models.catalog import get_preset
 from medgemma_models.prompt import THINK_OFF_PREFIX
 from medgemma_models.store import demo_adapter
@@ -80,7 +80,7 @@ def test_an_adapter_that_does_not_fit_is_refused_before_any_engine_exists(gemma_
         engines.append(Engine())
         return engines[-1]
 
-    request = ModelRequest(gemma_270m, (AdapterUse(adapters["1b"], 1.0),), LoadOptions(n_ctx=512))
+    request = ModelRequest(gemma_270m, (AdapterUse(adapters["1b"], 1.0),), LoadParams(n_ctx=512))
     with pytest.raises(LoadFailed, match=r"wide.gguf does not fit gemma-3-270m.*another model size") as failure:
         open_model(factory, request)
     assert failure.value.title == "Cannot open this model" and engines == []

@@ -230,12 +230,12 @@ def test_completion_presets_use_the_newest_message_only() -> None:
 def test_the_second_turn_reuses_the_first_from_the_kv_cache(gemma_270m: Path) -> None:
     """The real engine: turn 2 evaluates only what is new, because its prompt extends turn 1's."""
     from medgemma_desktop.engine import Engine
-    from medgemma_desktop.settings import GenerationSettings, LoadOptions
+    from medgemma_desktop.settings import SamplingParams, LoadParams
 
     engine = Engine()
-    engine.load(gemma_270m, LoadOptions(n_ctx=1024, gpu="cpu"))
+    engine.load(gemma_270m, LoadParams(n_ctx=1024, gpu="cpu"))
     try:
-        greedy = GenerationSettings(temperature=0.0, max_tokens=24, seed=0)
+        greedy = SamplingParams(temperature=0.0, max_tokens=24, seed=0)
         preset = get_preset("gemma-chat")
         options = dict(system="Answer briefly.", think=True, send_reasoning_back=False, n_ctx=engine.n_ctx,
                        max_tokens=greedy.max_tokens, tokenize=engine.tokenize)

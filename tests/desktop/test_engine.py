@@ -9,18 +9,18 @@ import pytest
 
 from medgemma_desktop.answer import LoadCancelledError, OffloadReport
 from medgemma_desktop.engine import Engine, choose_gpu_layers, gpu_backend_name
-from medgemma_desktop.settings import GenerationSettings, LoadOptions
+from medgemma_desktop.settings import SamplingParams, LoadParams
 from medgemma_models.catalog import get_preset
 from medgemma_models.errors import ModelFileError, ModelLoadError
 from medgemma_models.prompt import Turn
 
-GREEDY = GenerationSettings(temperature=0.0, top_k=1, top_p=1.0, max_tokens=24)
+GREEDY = SamplingParams(temperature=0.0, top_k=1, top_p=1.0, max_tokens=24)
 
 
 @pytest.fixture(scope="module")
 def engine(gemma_270m):
     engine = Engine()
-    engine.load(gemma_270m, LoadOptions(n_ctx=1024, gpu="cpu"))
+    engine.load(gemma_270m, LoadParams(n_ctx=1024, gpu="cpu"))
     yield engine
     engine.close()
 
@@ -55,7 +55,7 @@ def test_prompt_has_exactly_one_bos(engine):
 
 def test_stop_flag_ends_the_stream_between_tokens(engine):
     pieces = []
-    settings = GenerationSettings(temperature=0.0, top_k=1, max_tokens=200)
+    settings = SamplingParams(temperature=0.0, top_k=1, max_tokens=200)
     for piece in engine.stream(prompt("Write a long essay on sepsis."), settings, should_stop=lambda: len(pieces) >= 5):
         pieces.append(piece)
     assert engine.last_stats.finish_reason == "cancelled"
@@ -63,7 +63,7 @@ def test_stop_flag_ends_the_stream_between_tokens(engine):
 
 
 def test_max_tokens_limits_the_answer(engine):
-    settings = GenerationSettings(temperature=0.0, top_k=1, max_tokens=3)
+    settings = SamplingParams(temperature=0.0, top_k=1, max_tokens=3)
     list(engine.stream(prompt("Describe the kidneys in detail."), settings))
     assert engine.last_stats.generated_tokens <= 3
 
@@ -109,7 +109,7 @@ def test_backend_names_and_status_words():
 
 def test_this_build_loads_on_cpu_with_auto(gemma_270m):
     engine = Engine()
-    report = engine.load(gemma_270m, LoadOptions(n_ctx=256))
+    report = engine.load(gemma_270m, LoadParams(n_ctx=256))
     try:
         import llama_cpp
 
@@ -125,14 +125,14 @@ def test_this_build_loads_on_cpu_with_auto(gemma_270m):
 def test_load_progress_reaches_the_end_and_can_cancel(gemma_270m):
     seen = []
     engine = Engine()
-    engine.load(gemma_270m, LoadOptions(n_ctx=256, gpu="cpu"), progress=lambda f: seen.append(f) or True)
+    engine.load(gemma_270m, LoadParams(n_ctx=256, gpu="cpu"), progress=lambda f: seen.append(f) or True)
     assert seen and seen[-1] == pytest.approx(1.0)
     assert seen == sorted(seen)
     with pytest.raises(LoadCancelledError):
-        engine.load(gemma_270m, LoadOptions(n_ctx=256, gpu="cpu"), progress=lambda f: f < 0.3)
+        engine.load(gemma_270m, LoadParams(n_ctx=256, gpu="cpu"), progress=lambda f: f < 0.3)
     # The model loaded before is still there and works.
     assert engine.loaded
-    assert "".join(engine.stream(prompt("Hi"), GenerationSettings(temperature=0.0, max_tokens=2)))
+    assert "".join(engine.stream(prompt("Hi"), SamplingParams(temperature=0.0, max_tokens=2)))
     engine.close()
 
 
@@ -141,7 +141,7 @@ def test_broken_file_keeps_the_loaded_model(engine, tmp_path):
     bad.write_text("not a model")
     before = engine.info
     with pytest.raises(ModelFileError):
-        engine.load(bad, LoadOptions(n_ctx=256, gpu="cpu"))
+        engine.load(bad, LoadParams(n_ctx=256, gpu="cpu"))
     assert engine.info is before and engine.loaded
 
 
@@ -158,7 +158,7 @@ def test_a_gguf_of_another_architecture_is_refused(tmp_path, engine):
     writer.write_tensors_to_file()
     writer.close()
     with pytest.raises(ModelLoadError, match="llama model"):
-        engine.load(path, LoadOptions(n_ctx=256, gpu="cpu"))
+        engine.load(path, LoadParams(n_ctx=256, gpu="cpu"))
     assert engine.info.architecture == "gemma3"
 
 

@@ -13,7 +13,7 @@ import llama_cpp
 import pytest
 
 from medgemma_desktop.engine import Engine
-from medgemma_desktop.settings import GenerationSettings, LoadOptions
+from medgemma_desktop.settings import SamplingParams, LoadParams
 from medgemma_desktop.forced_offload import FORCE_OFFLOAD_ENV
 from medgemma_models.catalog import get_preset
 from medgemma_models.prompt import Turn
@@ -30,7 +30,7 @@ def forced(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_failed_gpu_load_is_retried_on_the_cpu(forced: None, gemma_270m: Path) -> None:
     engine = Engine()
     try:
-        report = engine.load(gemma_270m, LoadOptions(n_ctx=512, gpu="auto"))
+        report = engine.load(gemma_270m, LoadParams(n_ctx=512, gpu="auto"))
         # The cause llama.cpp logged for this load: not its closing "failed to load model", not a
         # warning of an earlier load, not Python's exception text.
         assert report.fallback_reason is not None and "LLAMA_SPLIT_MODE_TENSOR needs >= 1 devices" in report.fallback_reason
@@ -38,7 +38,7 @@ def test_failed_gpu_load_is_retried_on_the_cpu(forced: None, gemma_270m: Path) -
         assert report.describe() == f"CPU (GPU failed: {report.fallback_reason}; retried on CPU)"
         # The CPU load is a working model.
         prompt = get_preset("gemma-chat").build_prompt([Turn("user", "Name one symptom of anaemia.")])
-        assert "".join(engine.stream(prompt, GenerationSettings(temperature=0.0, max_tokens=8))).strip()
+        assert "".join(engine.stream(prompt, SamplingParams(temperature=0.0, max_tokens=8))).strip()
     finally:
         engine.close()
 
@@ -46,7 +46,7 @@ def test_failed_gpu_load_is_retried_on_the_cpu(forced: None, gemma_270m: Path) -
 def test_the_cpu_setting_skips_the_gpu_attempt(forced: None, gemma_270m: Path) -> None:
     engine = Engine()
     try:
-        report = engine.load(gemma_270m, LoadOptions(n_ctx=512, gpu="cpu"))
+        report = engine.load(gemma_270m, LoadParams(n_ctx=512, gpu="cpu"))
         assert report.fallback_reason is None and report.n_gpu_layers == 0
     finally:
         engine.close()
@@ -55,7 +55,7 @@ def test_the_cpu_setting_skips_the_gpu_attempt(forced: None, gemma_270m: Path) -
 def test_without_the_switch_this_build_loads_on_the_cpu_directly(gemma_270m: Path) -> None:
     engine = Engine()
     try:
-        report = engine.load(gemma_270m, LoadOptions(n_ctx=512, gpu="auto"))
+        report = engine.load(gemma_270m, LoadParams(n_ctx=512, gpu="auto"))
         assert report.fallback_reason is None
         assert report.describe() == "CPU (this build has no GPU offload)"
     finally:

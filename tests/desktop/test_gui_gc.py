@@ -13,7 +13,7 @@ from pathlib import Path
 from PySide6.QtWidgets import QWidget
 
 from medgemma_desktop.answer import OffloadReport
-from medgemma_desktop.settings import LoadOptions
+from medgemma_desktop.settings import LoadParams
 from tests.support.scripted_engine import ScriptedEngine
 from tests.support.window_steps import load_model
 
@@ -22,7 +22,7 @@ class AllocatingEngine(ScriptedEngine):
     """Loads like the scripted engine after allocating enough containers, on the engine thread,
     to cross the collector's first threshold many times over."""
 
-    def load(self, path: Path, options: LoadOptions = LoadOptions(), progress=None) -> OffloadReport:
+    def load(self, path: Path, options: LoadParams = LoadParams(), progress=None) -> OffloadReport:
         for _ in range(50):
             _ = [[] for _ in range(gc.get_threshold()[0] * 4)]
         return super().load(path, options, progress)

@@ -24,7 +24,7 @@ from medgemma_desktop.images.decode import read_image_file
 from medgemma_desktop.images.store import ImageStore
 from medgemma_desktop.runtime import Runtime, RuntimeBackend
 from medgemma_desktop.session import ChatSession
-from medgemma_desktop.settings import ChatSettings, LoadOptions, LoadSettings
+from medgemma_desktop.settings import ChatSettings, LoadParams, LoadSettings
 from medgemma_models.errors import MedGemmaError
 
 CANARIES = (CANARY_NAME, CANARY_ID, "Canaryson", "Canary General Hospital", "ACC-CANARY-9", "19470101")
@@ -40,7 +40,7 @@ def test_a_dicom_chat_keeps_no_identifier_and_its_images_go_with_it(vision_pair,
     history = History(medgemma_home / "history.sqlite3")
     try:
         events: list[RuntimeEvent] = []
-        runtime.load(ModelRequest(vision_pair.model, mmproj=vision_pair.mmproj, options=LoadOptions(n_ctx=512)),
+        runtime.load(ModelRequest(vision_pair.model, mmproj=vision_pair.mmproj, options=LoadParams(n_ctx=512)),
                      events.append).wait()
         loaded = runtime.loaded
         assert loaded is not None and loaded.vision

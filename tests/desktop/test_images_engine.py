@@ -14,14 +14,14 @@ import pytest
 
 from medgemma_desktop.engine import Engine
 from medgemma_desktop.generation import ModelRequest, open_model
-from medgemma_desktop.settings import GenerationSettings, LoadOptions
+from medgemma_desktop.settings import SamplingParams, LoadParams
 from medgemma_models.catalog import presets
 from medgemma_models.errors import MedGemmaError
 from medgemma_models.mtmd_compat import RgbImage
 from medgemma_models.prompt import PromptImage, Turn
 from tests.support.tiny_vision import BOI_ID, EOI_ID, IMAGE_SIZE, TOKENS_PER_IMAGE, fixed_image
 
-GREEDY = GenerationSettings(temperature=0.0, max_tokens=6)
+GREEDY = SamplingParams(temperature=0.0, max_tokens=6)
 
 
 def picture(seed: int) -> PromptImage:
@@ -32,7 +32,7 @@ def picture(seed: int) -> PromptImage:
 @pytest.fixture
 def engine(vision_pair):
     engine, loaded = open_model(Engine, ModelRequest(vision_pair.model, mmproj=vision_pair.mmproj,
-                                                     options=LoadOptions(n_ctx=512)))
+                                                     options=LoadParams(n_ctx=512)))
     assert loaded.vision
     yield engine
     engine.close()
@@ -46,7 +46,7 @@ def last_logits(engine: Engine, tokens: list[int]) -> np.ndarray:
     """The logits after the prompt: one greedy token, then the row the prompt's last position left."""
     import llama_cpp
 
-    list(engine.stream(tokens, GenerationSettings(temperature=0.0, max_tokens=1)))
+    list(engine.stream(tokens, SamplingParams(temperature=0.0, max_tokens=1)))
     n_vocab = llama_cpp.llama_vocab_n_tokens(llama_cpp.llama_model_get_vocab(engine.llm.model))
     return np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(engine.llm.ctx, -1), shape=(n_vocab,)).copy()
 
@@ -84,7 +84,7 @@ def test_a_follow_up_question_reuses_the_encoded_image(engine, vision_pair):
 
     # The kept cache answers exactly as a fresh engine that encodes everything again.
     fresh, _ = open_model(Engine, ModelRequest(vision_pair.model, mmproj=vision_pair.mmproj,
-                                               options=LoadOptions(n_ctx=512)))
+                                               options=LoadParams(n_ctx=512)))
     try:
         again = "".join(fresh.stream(fresh.tokenize(prompt_for(follow_up)), GREEDY))
         assert fresh.last_stats.images_encoded == 1
@@ -105,7 +105,7 @@ def test_a_changed_earlier_turn_encodes_the_image_again(engine):
 
 
 def test_an_image_on_a_model_without_projector_is_refused_in_one_sentence(gemma_270m):
-    engine, _ = open_model(Engine, ModelRequest(gemma_270m, options=LoadOptions(n_ctx=512)))
+    engine, _ = open_model(Engine, ModelRequest(gemma_270m, options=LoadParams(n_ctx=512)))
     try:
         with pytest.raises(MedGemmaError, match="no vision projector"):
             engine.tokenize(prompt_for([Turn("user", "What is this?", (picture(1),))]))

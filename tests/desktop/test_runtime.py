@@ -27,7 +27,7 @@ from medgemma_desktop.events import (
 )
 from medgemma_desktop.generation import GenerationRequest, ModelRequest
 from medgemma_desktop.runtime import Runtime
-from medgemma_desktop.settings import ChatSettings, GenerationSettings, LoadOptions
+from medgemma_desktop.settings import ChatSettings, SamplingParams, LoadParams
 from medgemma_models.catalog import get_preset
 from medgemma_models.prompt import Turn
 from tests.support.scripted_engine import THINK_SCRIPT, ScriptedEngine, reasoning_pieces, script_reasoning
@@ -141,17 +141,17 @@ def test_no_model_is_a_failure_not_a_hang() -> None:
 def test_the_engine_refuses_a_prompt_made_of_strings(gemma_270m: Path) -> None:
     """A prompt turned into a string has lost which parts are markers: only a Prompt or ids go in."""
     engine = Engine()
-    engine.load(gemma_270m, LoadOptions(n_ctx=512, gpu="cpu"))
+    engine.load(gemma_270m, LoadParams(n_ctx=512, gpu="cpu"))
     try:
         prompt = get_preset("gemma-chat").build_prompt([Turn("user", "Name one cause of anaemia.")])
         with pytest.raises(TypeError, match="Prompt or token ids"):
-            list(engine.stream(prompt.text, GenerationSettings(max_tokens=2)))
+            list(engine.stream(prompt.text, SamplingParams(max_tokens=2)))
         with pytest.raises(TypeError):
-            list(engine.stream(prompt.text + "\n", GenerationSettings(max_tokens=2)))
+            list(engine.stream(prompt.text + "\n", SamplingParams(max_tokens=2)))
         with pytest.raises(TypeError):
             prompt + "more"  # noqa: B018 - a Prompt is no string: concatenation itself fails
         tokens = engine.tokenize(prompt)
-        assert list(engine.stream(tokens, GenerationSettings(temperature=0.0, max_tokens=4)))
+        assert list(engine.stream(tokens, SamplingParams(temperature=0.0, max_tokens=4)))
         assert engine.last_stats is not None and engine.last_stats.prompt_tokens == len(tokens)
     finally:
         engine.close()
@@ -159,10 +159,10 @@ def test_the_engine_refuses_a_prompt_made_of_strings(gemma_270m: Path) -> None:
 
 def test_stop_strings_end_the_answer_unshown(gemma_270m: Path) -> None:
     engine = Engine()
-    engine.load(gemma_270m, LoadOptions(n_ctx=512, gpu="cpu"))
+    engine.load(gemma_270m, LoadParams(n_ctx=512, gpu="cpu"))
     try:
         prompt = get_preset("gemma-chat").build_prompt([Turn("user", "List three symptoms of flu.")])
-        greedy = GenerationSettings(temperature=0.0, top_k=1, max_tokens=24)
+        greedy = SamplingParams(temperature=0.0, top_k=1, max_tokens=24)
         full = "".join(engine.stream(prompt, greedy))
         stop = full[len(full) // 2: len(full) // 2 + 4]  # four characters from the middle, likely across tokens
         cut = "".join(engine.stream(prompt, dataclasses.replace(greedy, stop=("never-seen", stop))))
@@ -184,7 +184,7 @@ def test_a_second_front_end_on_a_plain_thread_shares_the_model(gemma_270m: Path)
     """Two front ends (here: two plain threads) submit to one runtime; each gets its own complete answer."""
     runtime = Runtime()
     ready = Events()
-    runtime.load(ModelRequest(gemma_270m, (), LoadOptions(n_ctx=1024, gpu="cpu")), ready).wait(WAIT_S * 5)
+    runtime.load(ModelRequest(gemma_270m, (), LoadParams(n_ctx=1024, gpu="cpu")), ready).wait(WAIT_S * 5)
     assert isinstance(ready[-1], ModelReady)
     results: dict[str, Events] = {}
 

@@ -13,7 +13,7 @@ from PySide6.QtCore import QObject, Slot
 from medgemma_desktop.events import AnswerPiece, Failed, Finished, ReasoningPiece
 from medgemma_desktop.generation import CANNOT_OPEN, GenerationRequest, Loaded, ModelRequest
 from medgemma_desktop.runtime import Runtime
-from medgemma_desktop.settings import ChatSettings, LoadOptions
+from medgemma_desktop.settings import ChatSettings, LoadParams
 from medgemma_desktop.ui.gui_gc import GuiThreadCollector
 from medgemma_desktop.ui.runtime_bridge import RuntimeBridge
 from medgemma_models.gguf_info import ModelInfo
@@ -71,7 +71,7 @@ def test_load_then_stream_an_answer(qtbot, bridge: RuntimeBridge, gemma_270m: Pa
     progress: list[float] = []
     bridge.load_progress.connect(progress.append)
     with qtbot.waitSignal(bridge.loaded, timeout=TIMEOUT_MS) as blocker:
-        bridge.load(ModelRequest(gemma_270m, (), LoadOptions(n_ctx=2048)))
+        bridge.load(ModelRequest(gemma_270m, (), LoadParams(n_ctx=2048)))
     loaded = blocker.args[0]
     assert isinstance(loaded, Loaded) and loaded.path == gemma_270m and loaded.n_ctx == 2048
     assert len(loaded.sha256) == 64 and progress[-1] == 1.0

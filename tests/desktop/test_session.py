@@ -22,7 +22,7 @@ from medgemma_desktop.generation import ModelRequest
 from medgemma_desktop.runtime import Runtime, RuntimeBackend
 from medgemma_desktop.history import History, Message, ModelRecord
 from medgemma_desktop.session import ChatSession, SessionListener, chat_title, meta_text
-from medgemma_desktop.settings import ChatSettings, LoadOptions, LoadSettings
+from medgemma_desktop.settings import ChatSettings, LoadParams, LoadSettings
 from medgemma_models.gguf_info import read_model_info
 from tests.support.chats import long_case_chat
 from tests.support.scripted_engine import THINK_SCRIPT, ScriptedEngine, reasoning_pieces, script_reasoning
@@ -111,7 +111,7 @@ def make_session(db: History, gemma_270m: Path, runtimes: list[Runtime], engine:
     runtime = Runtime(lambda: engine)
     runtimes.append(runtime)
     outcome: list[Any] = []
-    runtime.load(ModelRequest(gemma_270m, (), LoadOptions(n_ctx=n_ctx, gpu="cpu")), outcome.append).wait()
+    runtime.load(ModelRequest(gemma_270m, (), LoadParams(n_ctx=n_ctx, gpu="cpu")), outcome.append).wait()
     assert isinstance(outcome[-1], ModelReady), outcome
     session = ChatSession(db, RuntimeBackend(runtime, lambda event: session.handle(event), wait=True),
                           **({"clock": clock} if clock else {}))

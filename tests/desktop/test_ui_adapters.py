@@ -16,7 +16,7 @@ from medgemma_desktop.adapter_files import AdapterFile
 from medgemma_desktop.engine import Engine
 from medgemma_desktop.generation import AdapterUse
 from medgemma_desktop.library import DEMO_TITLE, model_key
-from medgemma_desktop.settings import GenerationSettings
+from medgemma_desktop.settings import SamplingParams
 from medgemma_desktop.ui.dialogs import NoticeDialog
 from medgemma_desktop.ui.main_window import MainWindow
 from medgemma_models.prompt import Prompt
@@ -35,7 +35,7 @@ class RecordingEngine(Engine):
 
     prompts: list[str] = []
 
-    def stream(self, prompt: Prompt | Sequence[int], settings: GenerationSettings = GenerationSettings(),
+    def stream(self, prompt: Prompt | Sequence[int], settings: SamplingParams = SamplingParams(),
                should_stop: Callable[[], bool] = lambda: False) -> Iterator[str]:
         tokens = self.tokenize(prompt) if isinstance(prompt, Prompt) else list(prompt)
         assert self.llm is not None

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from medgemma_desktop.answer import GenerationStats, LoadCancelledError, OffloadReport
-from medgemma_desktop.settings import GenerationSettings, LoadOptions
+from medgemma_desktop.settings import SamplingParams, LoadParams
 from medgemma_models.gguf_info import ModelInfo, read_model_info
 from medgemma_models.prompt import Prompt
 from medgemma_models.reasoning import ReasoningSplitter
@@ -65,7 +65,7 @@ class ScriptedEngine:
     def n_ctx(self) -> int:
         return self._n_ctx
 
-    def load(self, path: Path, options: LoadOptions = LoadOptions(), progress: Callable[[float], bool] | None = None) -> OffloadReport:
+    def load(self, path: Path, options: LoadParams = LoadParams(), progress: Callable[[float], bool] | None = None) -> OffloadReport:
         self.info = read_model_info(path)
         self._n_ctx = options.n_ctx
         for step in range(1, 5):
@@ -81,7 +81,7 @@ class ScriptedEngine:
         with self._lock:
             return [self._token_ids.setdefault(text[i:i + 4], len(self._token_ids)) for i in range(0, len(text), 4)]
 
-    def stream(self, prompt: Prompt | Sequence[int], settings: GenerationSettings,
+    def stream(self, prompt: Prompt | Sequence[int], settings: SamplingParams,
                should_stop: Callable[[], bool] = lambda: False) -> Iterator[str]:
         tokens = self.tokenize(prompt) if isinstance(prompt, Prompt) else list(prompt)
         with self._lock:

@@ -31,7 +31,7 @@ from ..history import History, ModelRecord
 from ..images.store import ImageStore
 from ..library import ModelEntry, ModelLibrary, adapter_records, preset_for_loaded
 from ..runtime import Job, Runtime
-from ..settings import ChatSettings, GenerationSettings, LoadOptions
+from ..settings import ChatSettings, SamplingParams, LoadParams
 from .config import ServerConfig
 from .openai_api import ApiError, ChatRequest
 
@@ -77,7 +77,7 @@ class ChatService:
     (headless); in the window the model is the window's choice and a request for another is refused."""
 
     def __init__(self, runtime: Runtime, library: ModelLibrary, config: ServerConfig, switch_models: bool,
-                 save_to: History | None = None, load_options: LoadOptions = LoadOptions()) -> None:
+                 save_to: History | None = None, load_options: LoadParams = LoadParams()) -> None:
         self.runtime, self.library, self.config = runtime, library, config
         self.switch_models, self.save_to, self.load_options = switch_models, save_to, load_options
         self.served: Served | None = None
@@ -200,7 +200,7 @@ class ChatService:
     def _generation(self, served: Served, request: ChatRequest) -> GenerationRequest:
         settings = served.settings
         think = settings.think_enabled if request.think is None else (request.think and settings.reasoning_available)
-        sampling = GenerationSettings(
+        sampling = SamplingParams(
             temperature=settings.temperature if request.temperature is None else request.temperature,
             top_p=settings.top_p if request.top_p is None else request.top_p,
             top_k=settings.top_k, repeat_penalty=settings.repeat_penalty,
