@@ -26,8 +26,8 @@ from PySide6.QtWidgets import QApplication  # noqa: E402
 
 from medgemma_desktop.engine import Engine  # noqa: E402
 from medgemma_desktop.history import History  # noqa: E402
-from medgemma_desktop.ui.convert_dialog import ConvertDialog  # noqa: E402
-from medgemma_desktop.ui.dialogs import ErrorDialog, NoticeDialog, problem_box  # noqa: E402
+from medgemma_desktop.ui.convert.convert_dialog import ConvertDialog  # noqa: E402
+from medgemma_desktop.ui.dialogs.messages import ErrorDialog, NoticeDialog, problem_box  # noqa: E402
 from medgemma_desktop.ui.main_window import NOTICE_SETTING, MainWindow  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -43,6 +43,10 @@ vision: a multimodal base (MedGemma 4B) also writes its vision tower as mmproj-O
   llama.cpp, LM Studio and Ollama load for images; an adapter's vision-tower targets are merged into it.
 downloads: only a source written hub:OWNER/NAME is fetched from the Hugging Face hub (into its cache, HF_TOKEN
   honoured); a plain OWNER/NAME is a local path, and one that does not exist is an error.
+speed: q4_speed (Q6_K blocks, IQ4_NL output matrix, Q8_0 embedding) is larger than q4_k_m and, with
+  --imatrix auto, closer to f16; on the 2-core x86 machines measured it decoded the 270M 1.13-1.52x as
+  fast as q4_k_m, run to run (the README's Benchmarks say where), and on Apple's and CUDA's builds it is
+  not measured: compare with `.venv/bin/python -m tests.bench.bench_quant` on yours.
 exit status: 0 done, 2 refused (one line says why; nothing written), 130 interrupted, 1 unexpected error
   (set MEDGEMMA_DEBUG=1 for its traceback).
 """

@@ -66,36 +66,17 @@ def set_identity(app: QApplication) -> None:
     app.setWindowIcon(QIcon(str(resources.files(__package__).joinpath(*WINDOW_ICON))))
 
 
-def ask_yes_no(title: str, question: str) -> bool:
-    """A modal question before the window exists (tests replace it, or answer the box)."""
-    from PySide6.QtCore import Qt
-    from PySide6.QtWidgets import QMessageBox
-
-    box = QMessageBox(QMessageBox.Icon.Warning, title, question,
-                      QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No)
-    box.setTextFormat(Qt.TextFormat.PlainText)  # the message quotes a path
-    box.setObjectName("startupQuestion")
-    return box.exec() == QMessageBox.StandardButton.Yes
-
-
-def tell(title: str, message: str) -> None:
-    """A problem that stops the start, shown where a desktop launcher's user sees it, and on stderr."""
-    from PySide6.QtCore import Qt
-    from PySide6.QtWidgets import QMessageBox
-
-    print(f"medgemma-desktop: {message}", file=sys.stderr)
-    box = QMessageBox(QMessageBox.Icon.Critical, title, message, QMessageBox.StandardButton.Ok)
-    box.setTextFormat(Qt.TextFormat.PlainText)
-    box.setObjectName("startupProblem")
-    box.exec()
-
-
-def open_history(ask: Callable[[str, str], bool] = ask_yes_no,
-                 tell: Callable[[str, str], None] = tell) -> History | None:
-    """The chat history; a damaged file is moved aside for a fresh one if the user agrees (None: no history)."""
+def open_history(ask: Callable[[str, str], bool] | None = None,
+                 tell: Callable[[str, str], None] | None = None) -> History | None:
+    """The chat history; a damaged file is moved aside for a fresh one if the user agrees (None: no history).
+    `ask` and `tell` default to the start-up boxes of `ui.dialogs.startup` (tests pass their own)."""
     from medgemma_models.errors import MedGemmaError
 
     from .history import History, HistoryCorruptError, move_aside
+    from .ui.dialogs import startup
+
+    ask = ask or startup.ask_yes_no
+    tell = tell or startup.tell
 
     try:
         return History()

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from medgemma_desktop.ui.convert_dialog import ConvertDialog
+from medgemma_desktop.ui.convert.convert_dialog import ConvertDialog
 from medgemma_models.files import sha256_file
 from medgemma_models.gguf_info import read_model_info
 

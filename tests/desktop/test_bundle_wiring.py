@@ -14,7 +14,7 @@ import pytest
 from medgemma_desktop.app import DESKTOP_FILE_NAME, set_identity
 from medgemma_desktop.history import History
 from medgemma_desktop.library import EMBEDDED_KEY, ModelLibrary
-from medgemma_desktop.ui.convert_dialog import NO_CONVERTER_IN_BUNDLE, ConvertDialog
+from medgemma_desktop.ui.convert.convert_dialog import NO_CONVERTER_IN_BUNDLE, ConvertDialog
 from medgemma_models import store
 from medgemma_models.progress import ProgressEvent
 

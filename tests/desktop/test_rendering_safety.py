@@ -22,7 +22,7 @@ from PySide6.QtCore import QObject, QPoint, Qt, QUrl, Slot
 from PySide6.QtGui import QDesktopServices, QImage, QTextCursor, QTextDocument
 from PySide6.QtWidgets import QComboBox, QLabel, QListWidget, QWidget
 
-from medgemma_desktop.ui.message_view import MessageView
+from medgemma_desktop.ui.chat.message_view import MessageView
 from tests.support.window_steps import FAST_SETTINGS, send
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="watches file opens with inotify")
@@ -151,7 +151,7 @@ def test_devices_and_fifos_do_not_block_the_window(tmp_path: Path) -> None:
         import resource, sys
         resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
         from PySide6.QtWidgets import QApplication
-        from medgemma_desktop.ui.message_view import MessageView
+        from medgemma_desktop.ui.chat.message_view import MessageView
         app = QApplication([])
         card = MessageView(1, "model", "model")
         card.resize(600, 400)
@@ -215,8 +215,8 @@ def test_names_and_metadata_are_shown_as_text(qtbot: Any, bait) -> None:
 
 
 def test_problem_dialogs_and_tooltips_show_text_as_written(qtbot: Any, bait) -> None:
-    from medgemma_desktop.ui.dialogs import problem_box
-    from medgemma_desktop.ui.plain_text import plain_tooltip
+    from medgemma_desktop.ui.dialogs.messages import problem_box
+    from medgemma_desktop.ui.chat.plain_text import plain_tooltip
 
     folder, watch = bait
     hostile = f"<b>x</b><img src={folder / 'scan.png'}>"
@@ -266,7 +266,7 @@ def test_a_model_name_with_markup_shows_literally(qtbot: Any, make_window, hosti
 
 
 def test_an_error_summary_is_shown_as_text(qtbot: Any, bait) -> None:
-    from medgemma_desktop.ui.dialogs import ErrorDialog
+    from medgemma_desktop.ui.dialogs.messages import ErrorDialog
 
     folder, watch = bait
     summary = f"KeyError: '<img src={folder / 'scan.png'}>'"

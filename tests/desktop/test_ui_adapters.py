@@ -17,7 +17,7 @@ from medgemma_desktop.engine import Engine
 from medgemma_desktop.generation import AdapterUse
 from medgemma_desktop.library import DEMO_TITLE, model_key
 from medgemma_desktop.settings import SamplingParams
-from medgemma_desktop.ui.dialogs import NoticeDialog
+from medgemma_desktop.ui.dialogs.messages import NoticeDialog
 from medgemma_desktop.ui.main_window import MainWindow
 from medgemma_models.prompt import Prompt
 from medgemma_models.store import demo_adapter

@@ -15,8 +15,8 @@ from PySide6.QtWidgets import QApplication, QWidget
 from medgemma_desktop.history import History
 from medgemma_models.progress import ProgressEvent
 from medgemma_models.report import ConversionReport, OutputRecord
-from medgemma_desktop.ui.convert_dialog import INSTALL_HINT, ConvertDialog
-from medgemma_desktop.ui.dialogs import ErrorDialog, NoticeDialog
+from medgemma_desktop.ui.convert.convert_dialog import INSTALL_HINT, ConvertDialog
+from medgemma_desktop.ui.dialogs.messages import ErrorDialog, NoticeDialog
 from medgemma_desktop.ui.excepthook import ExceptionReporter
 from medgemma_desktop.ui.main_window import NOTICE_SETTING, MainWindow
 from tests.support.scripted_engine import ScriptedEngine
@@ -257,7 +257,7 @@ def test_signal_emits_keep_reference_counts(qtbot) -> None:
 
 def test_every_dialog_follows_the_dark_theme(qtbot, history: History) -> None:
     """The first-start notice was light grey on light grey once: each dialog is drawn dark, its text light."""
-    from medgemma_desktop.ui.dialogs import problem_box
+    from medgemma_desktop.ui.dialogs.messages import problem_box
 
     window = MainWindow(history, ScriptedEngine)
     qtbot.addWidget(window)

@@ -9,8 +9,8 @@ from PySide6.QtCore import QMimeData, QUrl
 from tests.desktop.test_images_decode import dicom, ramp
 from tests.support.window_steps import ANSWER_TIMEOUT_MS, FAST_SETTINGS, send
 
-from medgemma_desktop.ui.chat_presenter import DICOM_NOTICE_SETTING
-from medgemma_desktop.ui.composer import NO_VISION_TIP
+from medgemma_desktop.ui.chat.chat_presenter import DICOM_NOTICE_SETTING
+from medgemma_desktop.ui.chat.composer import NO_VISION_TIP
 
 SETTINGS = {**FAST_SETTINGS, "max_tokens": 4, "n_ctx": 512, "preset": "gemma-chat"}
 

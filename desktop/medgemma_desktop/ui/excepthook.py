@@ -11,7 +11,7 @@ from types import TracebackType
 from PySide6.QtCore import QObject, Signal, Slot
 from PySide6.QtWidgets import QWidget
 
-from .dialogs import ErrorDialog
+from .dialogs.messages import ErrorDialog
 
 log = logging.getLogger(__name__)
 

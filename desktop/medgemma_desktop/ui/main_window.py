@@ -21,19 +21,19 @@ from ..history import History
 from ..library import ModelLibrary
 from ..runtime import Runtime, RuntimeBackend
 from ..session import ChatSession
-from .about_dialog import HelpMenu
-from .chat_presenter import ChatPresenter
-from .chat_view import ChatView
-from .composer import Composer
-from .dialogs import NoticeDialog, problem_box
-from .documents_panel import DocumentsPanel
+from .dialogs.about_dialog import HelpMenu
+from .chat.chat_presenter import ChatPresenter
+from .chat.chat_view import ChatView
+from .chat.composer import Composer
+from .dialogs.messages import NoticeDialog, problem_box
+from .documents.documents_panel import DocumentsPanel
 from .gui_gc import GuiThreadCollector
-from .model_bar import ModelBar
-from .model_presenter import ModelPresenter
+from .models.model_bar import ModelBar
+from .models.model_presenter import ModelPresenter
 from .runtime_bridge import RuntimeBridge, SessionRelay
-from .server_panel import ServerPanel
-from .settings_panel import SettingsPanel
-from .sidebar import Sidebar
+from .server.server_panel import ServerPanel
+from .models.settings_panel import SettingsPanel
+from .chat.sidebar import Sidebar
 from .status_bar import StatusBar
 from .theme import STYLESHEET
 

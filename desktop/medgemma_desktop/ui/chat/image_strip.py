@@ -16,9 +16,9 @@ from PySide6.QtWidgets import QHBoxLayout, QLabel, QToolButton, QVBoxLayout, QWi
 
 from medgemma_models.errors import MedGemmaError
 
-from ..conversation import IMAGE_MISSING, ImageMissingError
-from ..images.decode import DecodedImage, ImagePart, decode_image, read_image_file
-from ..images.store import ImageStore
+from ...conversation import IMAGE_MISSING, ImageMissingError
+from ...images.decode import DecodedImage, ImagePart, decode_image, read_image_file
+from ...images.store import ImageStore
 
 THUMBNAIL_SIDE = 72
 IMAGE_FILTER = "Images (*.png *.jpg *.jpeg *.webp *.dcm);;All files (*)"

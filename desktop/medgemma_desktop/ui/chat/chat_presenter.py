@@ -16,15 +16,15 @@ from PySide6.QtWidgets import QFileDialog, QWidget
 
 from medgemma_models.errors import MedGemmaError
 
-from ..answer import AnswerStats
-from ..documents.passages import CITATIONS_META
-from ..history import HistoryWriteError, Message
-from ..images.decode import DecodedImage, ImagePart
-from ..images.dicom import NOTICE as DICOM_NOTICE
-from ..session import UNSAVED_TITLE, ChatSession, SessionListener, chat_title, meta_text
+from ...answer import AnswerStats
+from ...documents.passages import CITATIONS_META
+from ...history import HistoryWriteError, Message
+from ...images.decode import DecodedImage, ImagePart
+from ...images.dicom import NOTICE as DICOM_NOTICE
+from ...session import UNSAVED_TITLE, ChatSession, SessionListener, chat_title, meta_text
 from .chat_view import ChatView
 from .composer import Composer
-from .dialogs import ask_text, confirm, problem_box
+from ..dialogs.messages import ask_text, confirm, problem_box
 from .image_strip import IMAGE_FILTER, ImageReader
 from .sidebar import Sidebar
 
@@ -107,7 +107,7 @@ class ChatPresenter(QObject, SessionListener):
             self.export_chat(Path(name), "json" if chosen.startswith("JSON") or name.endswith(".json") else "markdown")
 
     def export_chat(self, path: Path, fmt: str) -> bool:
-        from ..export import export_chat
+        from ...export import export_chat
 
         if self.session.chat_id is None:
             return False

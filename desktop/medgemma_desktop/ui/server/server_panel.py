@@ -28,15 +28,15 @@ from PySide6.QtWidgets import (
 
 from medgemma_models.errors import MedGemmaError
 
-from ..history import History
-from ..library import ModelEntry, ModelLibrary
-from ..runtime import Runtime
-from ..server.config import DEFAULT_HOST, DEFAULT_PORT, ServerConfig, new_api_key
-from .settings_panel import SettingsPanel
+from ...history import History
+from ...library import ModelEntry, ModelLibrary
+from ...runtime import Runtime
+from ...server.config import DEFAULT_HOST, DEFAULT_PORT, ServerConfig, new_api_key
+from ..models.settings_panel import SettingsPanel
 
 if TYPE_CHECKING:
-    from ..server.serve import ServerThread
-    from ..server.service import ChatService
+    from ...server.serve import ServerThread
+    from ...server.service import ChatService
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +105,8 @@ class ServerPanel(QObject):
     def start(self) -> bool:
         if self.server is not None:
             return True
-        from ..server.serve import ServerThread
-        from ..server.service import ChatService
+        from ...server.serve import ServerThread
+        from ...server.service import ChatService
 
         config = self.config()
         try:

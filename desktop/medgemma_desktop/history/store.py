@@ -1,265 +1,34 @@
-"""Chat history in SQLite: chats, their messages, app settings and per-model settings.
-
-One database file (by default `medgemma_models.store.history_path()`) may be open in several
-windows or processes at once: WAL lets readers and one writer work side by side, every write
-takes the lock up front (`BEGIN IMMEDIATE`) and waits for it (`busy_timeout`), so nobody sees
-half a change. Deleting a chat overwrites its text in the file (`secure_delete`) and empties
-the write-ahead log, so the words are gone from disk, not just hidden.
-
-A `History` object may be shared between threads (the chat worker saves a streaming answer
-while the window reads): one lock serialises its use of the connection.
-
-When saving fails (a full disk, another program holding the lock past a short wait, a read-only
-or failing disk) the transaction is rolled back, so later writes work once the cause is gone,
-and the caller gets one `HistoryWriteError`. A damaged file is found when it is opened
-(`PRAGMA quick_check`): `HistoryCorruptError`, and `move_aside()` puts it out of the way so a
-fresh history can start. The database, its -wal and -shm are readable by their owner only.
-"""
+"""`History`: chats, their messages, app settings and per-model settings in one database
+(the package docstring says what it guarantees)."""
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import logging
-import math
-import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from medgemma_models.errors import StoreError
-from medgemma_models.files import PRIVATE_FILE_MODE, make_private
 from medgemma_models.store import history_path
 
-if TYPE_CHECKING:
-    from medgemma_models.gguf_info import ModelInfo
+from .database import (
+    BUSY_TIMEOUT_S,
+    CORRUPTION,
+    WRITE_PROBLEMS,
+    HistoryCorruptError,
+    HistoryWriteError,
+    make_files_private,
+    primary_code,
+)
+from .migrations import MIGRATIONS
+from .records import ROLES, ChatSummary, Message, ModelRecord
 
 log = logging.getLogger(__name__)
-
-# Short, because writes run where the user waits: a write that cannot get the lock in this
-# time fails, and the streaming writer keeps its text and tries again at its next save.
-BUSY_TIMEOUT_S = 2.0
-ROLES = ("user", "model")
-# The files SQLite keeps beside the database in WAL mode; they hold chat text too.
-SIDE_SUFFIXES = ("-wal", "-shm")
-
-
-class HistoryWriteError(StoreError):
-    """A change to the chat history could not be saved; nothing of it was written."""
-
-
-class HistoryCorruptError(StoreError):
-    """The chat history file is damaged; `move_aside(path)` sets it aside for a fresh start."""
-
-    def __init__(self, path: Path, detail: str) -> None:
-        super().__init__(f"{path} is not a usable chat history: {detail}")
-        self.path = path
-
-
-# Why a write failed, in the user's words, by SQLite's primary result code.
-_WRITE_PROBLEMS = {
-    sqlite3.SQLITE_FULL: "the disk is full",
-    sqlite3.SQLITE_BUSY: "another program is holding the file (is the app open twice?)",
-    sqlite3.SQLITE_LOCKED: "another program is holding the file (is the app open twice?)",
-    sqlite3.SQLITE_READONLY: "the file is read-only",
-    sqlite3.SQLITE_IOERR: "the disk reported an error",
-    sqlite3.SQLITE_CORRUPT: "the file is damaged",
-}
-_CORRUPTION = (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
-
-
-def _primary_code(exc: sqlite3.Error) -> int | None:
-    code = getattr(exc, "sqlite_errorcode", None)
-    return code & 0xFF if code is not None else None  # extended codes carry the primary one in the low byte
-
-
-def side_files(path: Path) -> list[Path]:
-    """The -wal and -shm paths of a database file."""
-    return [path.with_name(path.name + suffix) for suffix in SIDE_SUFFIXES]
-
-
-def move_aside(path: Path) -> Path:
-    """Rename a damaged history (with its -wal and -shm) to `history.corrupt-<time>.sqlite3`.
-
-    The next `History(path)` then starts a fresh, empty history; the old file stays for rescue.
-    Returns the new name of the database file.
-    """
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    target = path.with_name(f"{path.stem}.corrupt-{stamp}{path.suffix}")
-    counter = 1
-    while target.exists():
-        counter += 1
-        target = path.with_name(f"{path.stem}.corrupt-{stamp}-{counter}{path.suffix}")
-    try:
-        # The log first: a -wal left beside a new database would be replayed into it.
-        for side, side_target in zip(side_files(path), side_files(target)):
-            if side.exists():
-                os.replace(side, side_target)
-        os.replace(path, target)
-    except OSError as exc:
-        raise StoreError(f"could not move the damaged chat history {path} aside: {exc.strerror or exc}") from exc
-    return target
-
-
-@dataclass(frozen=True)
-class ChatSummary:
-    """A chat as the sidebar lists it; `model_name` is the model it last used."""
-
-    id: int
-    title: str
-    created_at: float
-    updated_at: float
-    model_name: str | None
-
-
-@dataclass(frozen=True)
-class Message:
-    """One turn. `text` is the answer only; the model's reasoning is kept apart in `reasoning`.
-
-    `complete` is False while an answer streams and when it was stopped or cut off by a crash.
-    `meta` holds what produced it: model (name, file, sha256, quantization), settings, stats.
-    """
-
-    id: int
-    chat_id: int
-    role: str
-    text: str
-    reasoning: str
-    created_at: float
-    updated_at: float
-    complete: bool
-    meta: dict
-
-    @property
-    def image_ids(self) -> tuple[str, ...]:
-        """The sha256 of each image of the message (`meta["images"]`, written by `images.parts`)."""
-        images = self.meta.get("images")
-        if not isinstance(images, list):
-            return ()
-        return tuple(i["sha256"] for i in images if isinstance(i, dict) and isinstance(i.get("sha256"), str))
-
-
-def _text(value: Any) -> str | None:
-    return value if isinstance(value, str) and value else None
-
-
-def _number(value: Any) -> float | None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    return float(value) if ok else None
-
-
-def _count(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
-
-
-@dataclass(frozen=True)
-class ModelRecord:
-    """The model a chat used, stored with the chat and with each answer, and shown in exports.
-
-    `from_dict` reads what a database holds: a value of the wrong type (an older version's, or
-    a damaged one) reads as not recorded, it does not stop the chat from opening or exporting.
-    """
-
-    name: str | None = None
-    file: str | None = None
-    sha256: str | None = None
-    architecture: str | None = None
-    size_label: str | None = None
-    quantization: str | None = None
-    bits_per_weight: float | None = None
-    context_length: int | None = None
-    adapters: tuple[dict[str, Any], ...] = ()  # name, file, scale, sha256 of each adapter applied
-
-    @classmethod
-    def of(cls, info: ModelInfo, sha256: str | None = None, title: str | None = None,
-           adapters: Sequence[dict[str, Any]] = ()) -> ModelRecord:
-        """The record of a loaded model; `title` names a base with adapters (the file's own name otherwise)."""
-        return cls(
-            name=(title if adapters else None) or info.name or info.path.stem,
-            file=str(info.path),
-            sha256=sha256,
-            architecture=info.architecture,
-            size_label=info.size_label,
-            quantization=info.file_type,
-            bits_per_weight=info.bits_per_weight,
-            context_length=info.context_length,
-            adapters=tuple(adapters),
-        )
-
-    @classmethod
-    def from_dict(cls, data: Any) -> ModelRecord:
-        if not isinstance(data, dict):
-            return cls()
-        adapters = data.get("adapters")
-        return cls(
-            name=_text(data.get("name")),
-            file=_text(data.get("file")),
-            sha256=_text(data.get("sha256")),
-            architecture=_text(data.get("architecture")),
-            size_label=_text(data.get("size_label")),
-            quantization=_text(data.get("quantization")) or _text(data.get("file_type")),  # file_type: first version's key
-            bits_per_weight=_number(data.get("bits_per_weight")),
-            context_length=_count(data.get("context_length")),
-            adapters=tuple(a for a in adapters if isinstance(a, dict)) if isinstance(adapters, list) else (),
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        """The stored form: {} for no model; `adapters` only when there are some."""
-        if self == ModelRecord():
-            return {}
-        data = dataclasses.asdict(self)
-        data["adapters"] = list(self.adapters)
-        if not self.adapters:
-            del data["adapters"]
-        return data
-
-
-# The schema as an ordered list of steps, each applied once and recorded by name in the
-# `migrations` table (simonw/llm style): a database from an older version is brought up to
-# date on open, and a step is never run twice.
-def _m001_initial(db: sqlite3.Connection) -> None:
-    db.execute(
-        """CREATE TABLE chats (
-            id INTEGER PRIMARY KEY,
-            title TEXT NOT NULL,
-            created_at REAL NOT NULL,
-            updated_at REAL NOT NULL,
-            model TEXT NOT NULL DEFAULT '{}',
-            settings TEXT NOT NULL DEFAULT '{}'
-        )"""
-    )
-    db.execute(
-        """CREATE TABLE messages (
-            id INTEGER PRIMARY KEY,
-            chat_id INTEGER NOT NULL REFERENCES chats(id) ON DELETE CASCADE,
-            role TEXT NOT NULL CHECK (role IN ('user', 'model')),
-            text TEXT NOT NULL,
-            reasoning TEXT NOT NULL DEFAULT '',
-            created_at REAL NOT NULL,
-            updated_at REAL NOT NULL,
-            complete INTEGER NOT NULL DEFAULT 1,
-            meta TEXT NOT NULL DEFAULT '{}'
-        )"""
-    )
-    db.execute("CREATE INDEX messages_by_chat ON messages (chat_id, id)")
-    db.execute("CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-    db.execute(
-        """CREATE TABLE model_settings (
-            model_key TEXT PRIMARY KEY,
-            settings TEXT NOT NULL,
-            updated_at REAL NOT NULL
-        )"""
-    )
-
-
-MIGRATIONS: list[tuple[str, Callable[[sqlite3.Connection], None]]] = [
-    ("m001_initial", _m001_initial),
-]
 
 
 def _casefold(value: str | None) -> str | None:
@@ -288,7 +57,7 @@ class History:
         self._lock = threading.RLock()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._make_files_private()
+            make_files_private(self.path)
             # isolation_level=None: we open transactions ourselves, always as BEGIN IMMEDIATE.
             self._db = sqlite3.connect(
                 self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
@@ -308,19 +77,12 @@ class History:
             self._migrate()
         except sqlite3.DatabaseError as exc:
             self._db.close()
-            if _primary_code(exc) in _CORRUPTION:
+            if primary_code(exc) in CORRUPTION:
                 raise HistoryCorruptError(self.path, str(exc)) from exc
             raise StoreError(f"{self.path} is not a usable chat history: {exc}") from exc
         except StoreError:
             self._db.close()
             raise
-
-    def _make_files_private(self) -> None:
-        """Create the database file 0600 before SQLite opens it; SQLite gives -wal and -shm its mode."""
-        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, PRIVATE_FILE_MODE))
-        for path in (self.path, *side_files(self.path)):
-            if path.exists():  # files of an older version, made under the usual umask
-                make_private(path)
 
     def _check_integrity(self) -> None:
         # quick_check reads every page (not the index contents): a damaged file is found at
@@ -355,7 +117,7 @@ class History:
                 raise
 
     def _write_error(self, exc: sqlite3.Error) -> HistoryWriteError:
-        problem = _WRITE_PROBLEMS.get(_primary_code(exc), str(exc))
+        problem = WRITE_PROBLEMS.get(primary_code(exc), str(exc))
         return HistoryWriteError(f"could not save to the chat history {self.path}: {problem}")
 
     def _query(self, sql: str, params: tuple = ()) -> list[sqlite3.Row]:
@@ -593,80 +355,3 @@ class History:
                 " ON CONFLICT (model_key) DO UPDATE SET settings = excluded.settings, updated_at = excluded.updated_at",
                 (model_key, _dumps(settings), time.time()),
             )
-
-
-class StreamingMessageWriter:
-    """Saves a streaming answer as it grows: at most `interval` seconds of text can be lost.
-
-    Feed it the pieces the reasoning splitter yields; it keeps the whole text and writes it
-    to the message when `interval` has passed since the last write (checked on each piece,
-    so between pieces nothing is written: call `flush()` from a timer if the source can
-    stall for long). `finish()` writes the final state, also after a stop.
-
-    A save that fails (full disk, locked file) loses nothing: the text stays here, `pending`
-    stays True (the window shows "saving…") and the next `flush()`, or the next piece after
-    `interval`, tries again, with the final state too once `finish()` was called. The first
-    failure of a run raises `HistoryWriteError`, so the window tells the user once; the
-    failures after it are quiet (`error` holds the latest) until a save succeeds.
-    """
-
-    def __init__(
-        self,
-        history: History,
-        message_id: int,
-        interval: float = 1.0,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.history = history
-        self.message_id = message_id
-        self.interval = interval
-        self.clock = clock
-        self.text = ""
-        self.reasoning = ""
-        self.writes = 0
-        self.error: HistoryWriteError | None = None
-        self._dirty = False
-        self._final: tuple[dict | None, bool] | None = None  # (meta, complete) once finish() was called
-        self._last_write = clock()
-
-    @property
-    def pending(self) -> bool:
-        """Whether text (or the final state) is waiting to be saved."""
-        return self._dirty
-
-    def append(self, answer: str = "", reasoning: str = "") -> None:
-        """Add answer and/or reasoning text; saves when `interval` has passed since the last save."""
-        if not answer and not reasoning:
-            return
-        self.text += answer
-        self.reasoning += reasoning
-        self._dirty = True
-        if self.clock() - self._last_write >= self.interval:
-            self.flush()
-
-    def flush(self) -> None:
-        """Save now what has not been saved yet (the message stays incomplete until `finish`)."""
-        if self._dirty:
-            self._save()
-
-    def finish(self, meta: dict | None = None, complete: bool = True) -> None:
-        """The final save: `complete=False` marks an answer that was stopped or failed."""
-        self._final = (meta, complete)
-        self._dirty = True
-        self._save()
-
-    def _save(self) -> None:
-        meta, complete = self._final if self._final is not None else (None, False)
-        try:
-            self.history.update_message(self.message_id, self.text, self.reasoning, meta=meta, complete=complete)
-        except HistoryWriteError as exc:
-            self._last_write = self.clock()  # the next attempt waits `interval`, not the next piece
-            first_failure = self.error is None
-            self.error = exc
-            if first_failure:
-                raise
-            return
-        self._last_write = self.clock()
-        self._dirty = False
-        self.error = None
-        self.writes += 1

@@ -5,8 +5,8 @@ from __future__ import annotations
 from PySide6.QtCore import Qt, Signal, Slot
 from PySide6.QtWidgets import QComboBox, QHBoxLayout, QLabel, QPushButton, QSizePolicy, QVBoxLayout, QWidget
 
-from ..library import ModelEntry
-from .plain_text import plain_tooltip
+from ...library import ModelEntry
+from ..chat.plain_text import plain_tooltip
 
 
 class ModelBar(QWidget):

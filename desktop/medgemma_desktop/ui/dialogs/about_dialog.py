@@ -10,7 +10,7 @@ from typing import Any
 from PySide6.QtCore import QObject, Qt, Slot
 from PySide6.QtWidgets import QDialog, QDialogButtonBox, QLabel, QMainWindow, QPlainTextEdit, QVBoxLayout, QWidget
 
-from ..about import about_info, licenses_text, summary_lines, terms_text
+from ...about import about_info, licenses_text, summary_lines, terms_text
 
 
 class AboutDialog(QDialog):

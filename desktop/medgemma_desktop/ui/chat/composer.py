@@ -10,8 +10,8 @@ from PySide6.QtCore import QBuffer, QByteArray, QIODevice, QMimeData, Qt, Signal
 from PySide6.QtGui import QDragEnterEvent, QDropEvent, QImage, QKeyEvent
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QPlainTextEdit, QPushButton, QVBoxLayout, QWidget
 
-from ..images.decode import ImagePart
-from .dialogs import NOTICE_LINE
+from ...images.decode import ImagePart
+from ..dialogs.messages import NOTICE_LINE
 from .image_strip import ImageStrip
 
 ATTACH_TIP = "Attach images: PNG, JPEG, WebP or DICOM (or drop or paste them here)"

@@ -26,10 +26,10 @@ from PySide6.QtWidgets import (
 
 from medgemma_models.errors import MedGemmaError
 
-from ..documents.collection import IndexProgress, IndexReport
-from ..documents.collections import Collections
-from ..session import ChatSession
-from .dialogs import ask_text, confirm
+from ...documents.collection import IndexProgress, IndexReport
+from ...documents.collections import Collections
+from ...session import ChatSession
+from ..dialogs.messages import ask_text, confirm
 
 DOCUMENT_FILTER = "Documents (*.pdf *.txt *.md);;All files (*)"
 

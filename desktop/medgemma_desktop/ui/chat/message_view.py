@@ -15,9 +15,9 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from ..documents.passages import Citation
-from ..images.decode import ImagePart
-from ..images.store import ImageStore
+from ...documents.passages import Citation
+from ...images.decode import ImagePart
+from ...images.store import ImageStore
 from .image_strip import ImageStrip
 from .inert_markdown import InertDocument, set_inert_markdown
 

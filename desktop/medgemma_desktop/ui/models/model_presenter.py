@@ -18,19 +18,19 @@ from medgemma_models.errors import MedGemmaError
 from medgemma_models.gguf_info import ModelInfo
 from medgemma_models.store import models_dir
 
-from ..adapter_files import AdapterFile, is_adapter
-from ..generation import CANNOT_OPEN, COULD_NOT_LOAD, AdapterUse, Loaded, ModelRequest
-from ..history import HistoryWriteError
-from ..library import ModelEntry, ModelLibrary, adapter_records, describe
-from ..resolve import AdapterMatch, resolve_adapter
-from ..session import ChatSession
-from ..settings import ChatSettings, LoadSettings
-from ..vision_files import find_model, is_mmproj_name
-from .convert_dialog import ConvertDialog
+from ...adapter_files import AdapterFile, is_adapter
+from ...generation import CANNOT_OPEN, COULD_NOT_LOAD, AdapterUse, Loaded, ModelRequest
+from ...history import HistoryWriteError
+from ...library import ModelEntry, ModelLibrary, adapter_records, describe
+from ...resolve import AdapterMatch, resolve_adapter
+from ...session import ChatSession
+from ...settings import ChatSettings, LoadSettings
+from ...vision_files import find_model, is_mmproj_name
+from ..convert.convert_dialog import ConvertDialog
 from .model_bar import ModelBar
-from .runtime_bridge import RuntimeBridge
+from ..runtime_bridge import RuntimeBridge
 from .settings_panel import SettingsPanel
-from .status_bar import StatusBar
+from ..status_bar import StatusBar
 
 log = logging.getLogger(__name__)
 

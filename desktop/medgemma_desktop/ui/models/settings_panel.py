@@ -22,7 +22,7 @@ from PySide6.QtWidgets import (
 
 from medgemma_models.catalog import Preset, presets
 
-from ..settings import GPU_AUTO, GPU_CPU, GPU_LAYERS, LIMITS, ChatSettings, LoadSettings
+from ...settings import GPU_AUTO, GPU_CPU, GPU_LAYERS, LIMITS, ChatSettings, LoadSettings
 
 
 class SettingsPanel(QScrollArea):

@@ -1,0 +1,1 @@
+"""The Convert… dialog, which runs medgemma-convert as a child process."""

@@ -1,0 +1,1 @@
+"""Dialogs: About, problems and notices, and the questions asked before the window exists."""

@@ -1,0 +1,1 @@
+"""Document collections and their citations."""
