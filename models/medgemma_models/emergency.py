@@ -6,6 +6,7 @@ A `red_flags.json` in the user's data folder replaces the shipped list.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from dataclasses import asdict, dataclass
@@ -97,6 +98,7 @@ def parse_list(text: str, origin: Path | str) -> tuple[RedFlag, ...]:
     return tuple(_parse(entry, origin) for entry in entries)
 
 
+@functools.cache  # the package's own file: read and parsed once, not on every question
 def shipped_list() -> tuple[RedFlag, ...]:
     source = resources.files("medgemma_models") / "data" / "red_flags.json"
     return parse_list(source.read_text(encoding="utf-8"), "shipped red_flags.json")
