@@ -139,9 +139,9 @@ class Asker:
             self.library = ModelLibrary(self.history)
             if model is None and adapters is None:
                 path, chosen = self.library.default_choice()
-                request = ModelRequest(path, chosen, load.options())
+                request = ModelRequest(path, chosen, load.load_params())
             else:
-                request = resolve(model, tuple(adapters or ()), options=load.options())
+                request = resolve(model, tuple(adapters or ()), options=load.load_params())
             request = dataclasses.replace(request, mmproj=mmproj)
             self.load_settings = load
             self.library.begin_load(request.base, request.adapters)

@@ -28,7 +28,7 @@ from . import adapters as runtime_adapters
 from .answer import GenerationStats, LoadCancelledError, OffloadReport
 from .forced_offload import split_mode, supports_gpu_offload
 from .prompt_tokens import tokenize_prompt
-from .settings import SamplingParams, GpuSetting, LoadParams
+from .settings import GpuSetting, LoadParams, SamplingParams
 
 if TYPE_CHECKING:
     from .generation import AdapterUse

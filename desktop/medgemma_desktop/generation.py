@@ -27,7 +27,7 @@ from .adapter_files import AdapterFile, check_fits, read_adapter
 from .answer import AnswerStats, GenerationStats, LoadCancelledError, OffloadReport
 from .conversation import ChatMessage, ImageLoader, build_prompt
 from .events import AnswerPiece, Failed, Finished, PromptPlanned, ReasoningPiece, RuntimeEvent
-from .settings import SamplingParams, LoadParams
+from .settings import LoadParams, SamplingParams
 from .vision_files import find_mmproj, is_mmproj
 
 log = logging.getLogger(__name__)

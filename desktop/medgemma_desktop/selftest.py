@@ -10,7 +10,7 @@ from medgemma_models.catalog import get_preset
 from medgemma_models.prompt import Turn
 
 from .engine import Engine
-from .settings import SamplingParams, LoadParams
+from .settings import LoadParams, SamplingParams
 
 SELF_TEST_QUESTION = "A 58-year-old man has crushing chest pain radiating to his left arm. What is the most likely diagnosis?"
 SELF_TEST_TOKENS = 64

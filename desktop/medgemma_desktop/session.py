@@ -227,7 +227,7 @@ class ChatSession:
         if not self.collections or self.documents is None:
             return {}
         earlier = [m.text for m in self.history.messages(self.chat_id) if m.role == "user"] if self.chat_id else []
-        budget = document_budget(self.load_settings.options().n_ctx, self.settings.max_tokens)
+        budget = document_budget(self.load_settings.load_params().n_ctx, self.settings.max_tokens)
         chosen = find_passages(lambda q, limit: self.documents.search(self.collections, q, limit),  # type: ignore[union-attr]
                                [*earlier, text], budget, estimate_tokens)
         return question_meta(chosen)
@@ -342,7 +342,7 @@ class ChatSession:
         self.backend.generate(GenerationRequest(
             preset=settings.preset_spec,
             messages=messages,
-            settings=settings.generation(seed=self.seed),
+            settings=settings.sampling_params(seed=self.seed),
             system=settings.system_prompt(),
             think=settings.think_enabled,
             send_reasoning_back=settings.send_reasoning_back_enabled,

@@ -137,7 +137,7 @@ class ChatSettings:
     def system_prompt(self) -> str | None:
         return self.system.strip() or None
 
-    def generation(self, seed: int | None = None) -> SamplingParams:
+    def sampling_params(self, seed: int | None = None) -> SamplingParams:
         return SamplingParams(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
                                   repeat_penalty=self.repeat_penalty, max_tokens=self.max_tokens, seed=seed)
 
@@ -167,7 +167,7 @@ class LoadSettings:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def options(self) -> LoadParams:
+    def load_params(self) -> LoadParams:
         gpu: GpuSetting = self.gpu_layers if self.gpu == GPU_LAYERS else self.gpu
         return LoadParams(n_ctx=self.n_ctx, n_threads=self.threads or None, gpu=gpu)
 

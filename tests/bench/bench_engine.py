@@ -17,7 +17,7 @@ import llama_cpp
 import numpy as np
 
 from medgemma_desktop.engine import Engine
-from medgemma_desktop.settings import SamplingParams, LoadParams
+from medgemma_desktop.settings import LoadParams, SamplingParams
 from medgemma_models import store
 from medgemma_models.prompt import Prompt, PromptSegment
 

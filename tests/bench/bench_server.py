@@ -60,7 +60,7 @@ def direct_ttft(asker: Asker, tokens: int) -> float:
     """Seconds from submitting the question to the runtime (as `--ask` does) to its first token's text."""
     settings = asker.chat_settings
     request = GenerationRequest(settings.preset_spec, [ApiMessage("user", QUESTION)],
-                                replace(settings.generation(), temperature=0.0, max_tokens=tokens),
+                                replace(settings.sampling_params(), temperature=0.0, max_tokens=tokens),
                                 settings.system_prompt(), settings.think_enabled, False)
     first: list[float] = []
 

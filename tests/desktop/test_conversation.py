@@ -230,7 +230,7 @@ def test_completion_presets_use_the_newest_message_only() -> None:
 def test_the_second_turn_reuses_the_first_from_the_kv_cache(gemma_270m: Path) -> None:
     """The real engine: turn 2 evaluates only what is new, because its prompt extends turn 1's."""
     from medgemma_desktop.engine import Engine
-    from medgemma_desktop.settings import SamplingParams, LoadParams
+    from medgemma_desktop.settings import LoadParams, SamplingParams
 
     engine = Engine()
     engine.load(gemma_270m, LoadParams(n_ctx=1024, gpu="cpu"))

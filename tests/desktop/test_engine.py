@@ -9,7 +9,7 @@ import pytest
 
 from medgemma_desktop.answer import LoadCancelledError, OffloadReport
 from medgemma_desktop.engine import Engine, choose_gpu_layers, gpu_backend_name
-from medgemma_desktop.settings import SamplingParams, LoadParams
+from medgemma_desktop.settings import LoadParams, SamplingParams
 from medgemma_models.catalog import get_preset
 from medgemma_models.errors import ModelFileError, ModelLoadError
 from medgemma_models.prompt import Turn

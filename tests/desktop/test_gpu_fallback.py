@@ -13,7 +13,7 @@ import llama_cpp
 import pytest
 
 from medgemma_desktop.engine import Engine
-from medgemma_desktop.settings import SamplingParams, LoadParams
+from medgemma_desktop.settings import LoadParams, SamplingParams
 from medgemma_desktop.forced_offload import FORCE_OFFLOAD_ENV
 from medgemma_models.catalog import get_preset
 from medgemma_models.prompt import Turn

@@ -14,7 +14,7 @@ import pytest
 
 from medgemma_desktop.engine import Engine
 from medgemma_desktop.generation import ModelRequest, open_model
-from medgemma_desktop.settings import SamplingParams, LoadParams
+from medgemma_desktop.settings import LoadParams, SamplingParams
 from medgemma_models.catalog import presets
 from medgemma_models.errors import MedGemmaError
 from medgemma_models.mtmd_compat import RgbImage

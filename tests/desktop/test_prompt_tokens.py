@@ -9,7 +9,7 @@ import pytest
 
 from medgemma_desktop.conversation import build_prompt
 from medgemma_desktop.engine import Engine
-from medgemma_desktop.settings import SamplingParams, LoadParams
+from medgemma_desktop.settings import LoadParams, SamplingParams
 from medgemma_desktop.history import Message
 from medgemma_desktop.prompt_tokens import tokenize_prompt
 from medgemma_models.catalog import get_preset

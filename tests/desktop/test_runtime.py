@@ -27,7 +27,7 @@ from medgemma_desktop.events import (
 )
 from medgemma_desktop.generation import GenerationRequest, ModelRequest
 from medgemma_desktop.runtime import Runtime
-from medgemma_desktop.settings import ChatSettings, SamplingParams, LoadParams
+from medgemma_desktop.settings import ChatSettings, LoadParams, SamplingParams
 from medgemma_models.catalog import get_preset
 from medgemma_models.prompt import Turn
 from tests.support.scripted_engine import THINK_SCRIPT, ScriptedEngine, reasoning_pieces, script_reasoning
@@ -48,7 +48,7 @@ class Events(list):
 def request(text: str, preset: str = "medical-cot-270m", **settings: object) -> GenerationRequest:
     chat = ChatSettings.from_dict({"preset": preset, "max_tokens": 256, **settings})
     message = type("M", (), {"role": "user", "text": text, "reasoning": "", "image_ids": ()})()
-    return GenerationRequest(chat.preset_spec, [message], chat.generation(seed=0), None, True, False)
+    return GenerationRequest(chat.preset_spec, [message], chat.sampling_params(seed=0), None, True, False)
 
 
 @pytest.fixture

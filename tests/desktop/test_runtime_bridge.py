@@ -57,7 +57,7 @@ class Collector(QObject):
 def request(text: str, max_tokens: int = 256) -> GenerationRequest:
     settings = ChatSettings.from_dict({"preset": "medical-cot-270m", "max_tokens": max_tokens})
     message = type("M", (), {"role": "user", "text": text, "reasoning": "", "image_ids": ()})()
-    return GenerationRequest(settings.preset_spec, [message], settings.generation(), None, True, False)
+    return GenerationRequest(settings.preset_spec, [message], settings.sampling_params(), None, True, False)
 
 
 def answer(qtbot, bridge: RuntimeBridge, text: str) -> Collector:

@@ -76,7 +76,7 @@ def test_limits_are_the_ones_the_defaults_live_in() -> None:
 
 def test_what_the_engine_gets() -> None:
     chat = ChatSettings.from_dict({"preset": "medical-cot-270m", "system": "  ", "temperature": 0.0, "max_tokens": 16})
-    assert chat.generation(seed=5) == SamplingParams(temperature=0.0, top_p=chat.top_p, top_k=chat.top_k,
+    assert chat.sampling_params(seed=5) == SamplingParams(temperature=0.0, top_p=chat.top_p, top_k=chat.top_k,
                                                          repeat_penalty=chat.repeat_penalty, max_tokens=16, seed=5)
     assert chat.system_prompt() is None
     assert chat.think_enabled and not chat.send_reasoning_back_enabled
@@ -84,5 +84,5 @@ def test_what_the_engine_gets() -> None:
                                     "send_reasoning_back": True})
     # A preset that does not reason never thinks or sends reasoning back, but shows a stray <think>.
     assert not plain.think_enabled and not plain.send_reasoning_back_enabled and plain.show_reasoning_enabled
-    assert LoadSettings(n_ctx=1024, threads=0, gpu=GPU_LAYERS, gpu_layers=8).options() == LoadParams(1024, None, 8)
-    assert LoadSettings(threads=2, gpu="cpu").options() == LoadParams(4096, 2, "cpu")
+    assert LoadSettings(n_ctx=1024, threads=0, gpu=GPU_LAYERS, gpu_layers=8).load_params() == LoadParams(1024, None, 8)
+    assert LoadSettings(threads=2, gpu="cpu").load_params() == LoadParams(4096, 2, "cpu")

@@ -56,7 +56,7 @@ def test_a_second_front_end_on_a_plain_thread_takes_its_turn_while_the_window_st
     window = make_window(settings=FAST_SETTINGS)
     settings = ChatSettings.from_dict(FAST_SETTINGS)
     request = GenerationRequest(settings.preset_spec, [ApiMessage("user", "Name one vitamin.")],
-                                settings.generation(), None, False, False)
+                                settings.sampling_params(), None, False, False)
     heard: list = []
 
     def other_front_end() -> None:

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from medgemma_desktop.answer import GenerationStats, LoadCancelledError, OffloadReport
-from medgemma_desktop.settings import SamplingParams, LoadParams
+from medgemma_desktop.settings import LoadParams, SamplingParams
 from medgemma_models.gguf_info import ModelInfo, read_model_info
 from medgemma_models.prompt import Prompt
 from medgemma_models.reasoning import ReasoningSplitter

@@ -116,12 +116,12 @@ def serve_headless(config: ServerConfig, model: Path | None, adapters: Sequence[
         library = ModelLibrary(history)
         if model is None and not adapters:
             base, chosen = library.default_choice()
-            request = ModelRequest(base, chosen, load.options())
+            request = ModelRequest(base, chosen, load.load_params())
         else:
-            request = resolve(model, tuple(adapters), library.recent_files(), options=load.options())
+            request = resolve(model, tuple(adapters), library.recent_files(), options=load.load_params())
         entry = next((e for e in library.entries() if e.key == model_key(request.base, request.adapters)), None)
         service = ChatService(runtime, library, config, switch_models=True,
-                              save_to=history if config.save_history else None, load_options=load.options())
+                              save_to=history if config.save_history else None, load_options=load.load_params())
         try:
             served = service.load_now(entry or entry_for(request))
         except ApiError as exc:

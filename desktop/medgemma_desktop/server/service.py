@@ -31,7 +31,7 @@ from ..history import History, ModelRecord
 from ..images.store import ImageStore
 from ..library import ModelEntry, ModelLibrary, adapter_records, preset_for_loaded
 from ..runtime import Job, Runtime
-from ..settings import ChatSettings, SamplingParams, LoadParams
+from ..settings import ChatSettings, LoadParams, SamplingParams
 from .config import ServerConfig
 from .openai_api import ApiError, ChatRequest
 

@@ -139,7 +139,7 @@ class ModelPresenter(QObject):
         name = path.name if path is not None else "the embedded model"
         self.status.show_loading(" + ".join([name, *(a.path.name for a in adapters)]))
         self.state_changed.emit()
-        self.bridge.load(ModelRequest(path, adapters, self.settings_panel.load_settings().options()))
+        self.bridge.load(ModelRequest(path, adapters, self.settings_panel.load_settings().load_params()))
 
     @Slot()
     def cancel_load(self) -> None:
